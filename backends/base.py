@@ -1,0 +1,130 @@
+"""The store interface: where image data lives durably, behind the cache.
+
+Capability is a type: every store can be read (:class:`ReadBackend`); only some
+can be written (:class:`WriteBackend`). Bytes flow as ``AsyncIterator[bytes]`` in
+bounded pieces; ranges travel as :class:`ByteRange`. Foreign errors (OSError,
+httpx errors, ...) are translated once, inside each backend, into the few
+:class:`BackendError` types below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "ByteRange",
+    "BackendError",
+    "BackendNotFound",
+    "BackendUnavailable",
+    "BackendCorrupt",
+    "ReadBackend",
+    "WriteBackend",
+    "Writer",
+    "PIECE_SIZE",
+]
+
+# Size of the pieces a backend yields: big enough to keep per-piece overhead low
+# (see ../shared/anchors/limits.md: 64 KiB pieces cost 4-8x), small enough to
+# bound memory per stream.
+PIECE_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Bytes ``start`` (inclusive) to ``end`` (exclusive) of an object."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end < self.start:
+            raise ValueError(f"bad byte range {self.start}-{self.end}")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class BackendError(Exception):
+    """A store failed; ``location`` names the object."""
+
+    def __init__(self, message: str, *, location: str = "") -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class BackendNotFound(BackendError):
+    """The object does not exist (or no longer exists) in the store."""
+
+
+class BackendUnavailable(BackendError):
+    """The store could not be reached or failed mid-stream; retrying may help."""
+
+
+class BackendCorrupt(BackendError):
+    """The store returned bytes that do not match what was expected (size, digest)."""
+
+
+@runtime_checkable
+class ReadBackend(Protocol):
+    """A store that can be read.
+
+    Implementations are safe to share between concurrent tasks of one event loop.
+    """
+
+    async def size(self, location: str) -> int:
+        """Return the object's size in bytes.
+
+        Raises :class:`BackendNotFound` if it does not exist, :class:`BackendUnavailable`
+        if the store cannot tell now.
+        """
+        ...
+
+    def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
+        """Stream the object (or ``byte_range`` of it) in pieces of at most ``PIECE_SIZE``.
+
+        The iterator raises :class:`BackendNotFound` or :class:`BackendUnavailable`
+        (also mid-stream, after some pieces). It yields exactly the requested bytes
+        or raises; a short object raises :class:`BackendUnavailable`. The caller
+        should close the iterator (``aclose``) if it stops early.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and connections. Called once, at shutdown."""
+        ...
+
+
+class Writer(Protocol):
+    """One object being written. Not safe for concurrent use.
+
+    Nothing is visible at the final location before :meth:`commit`; after
+    :meth:`abort` (or a failed commit) nothing is left behind.
+    """
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``. Raises :class:`BackendError`."""
+        ...
+
+    async def commit(self) -> str:
+        """Make the object durable and visible; return its location URL."""
+        ...
+
+    async def abort(self) -> None:
+        """Discard what was written. Safe to call more than once, and after commit fails."""
+        ...
+
+
+@runtime_checkable
+class WriteBackend(ReadBackend, Protocol):
+    """A store that can also be written and deleted from."""
+
+    async def open_writer(self, image_id: str) -> Writer:
+        """Start writing the data of ``image_id``; the caller must commit or abort."""
+        ...
+
+    async def delete(self, location: str) -> None:
+        """Delete the object. Deleting a missing object is not an error."""
+        ...

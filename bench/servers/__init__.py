@@ -1,0 +1,1 @@
+"""Launchers for the servers the harness and the tests run on loopback."""

@@ -1,0 +1,5 @@
+"""Placeholder: routes for this part of the API land here."""
+
+from starlette.routing import BaseRoute
+
+routes: list[BaseRoute] = []

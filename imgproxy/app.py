@@ -1,0 +1,116 @@
+"""``create_app(settings)``: builds the ASGI app; the lifespan owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .api import cache_api, data, images, info, members, versions
+from .errors import ApiError, Unauthorized, error_response
+from .service import Service, open_service
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("imgproxy")
+
+# Paths anyone may read without a token (version discovery, health).
+_PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+
+
+def _strip_minor_version(path: str) -> str:
+    """Map ``/v2.N/...`` onto ``/v2/...``: every v2 minor version shares one API."""
+    if path.startswith("/v2.") :
+        rest = path[4:]
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        if digits and (len(rest) == digits or rest[digits] == "/"):
+            return "/v2" + rest[digits:]
+    return path
+
+
+class ApiMiddleware:
+    """Normalizes the version prefix and authenticates the caller.
+
+    Pure ASGI so that streaming responses pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _strip_minor_version(scope["path"])
+        if path != scope["path"]:
+            scope = dict(scope, path=path, raw_path=path.encode())
+        if path not in _PUBLIC_PATHS:
+            service: Service = scope["app"].state.service
+            try:
+                context = service.auth.authenticate(Request(scope).headers)
+            except ApiError as exc:
+                await error_response(exc.status, exc.title, exc.message)(scope, receive, send)
+                return
+            if context is None:
+                exc = Unauthorized("This request needs a valid X-Auth-Token.")
+                await error_response(exc.status, exc.title, exc.message, {"WWW-Authenticate": "Keystone uri=''"})(
+                    scope, receive, send
+                )
+                return
+            scope.setdefault("state", {})
+            scope["state"]["context"] = context
+        await self.app(scope, receive, send)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.title, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    titles = {404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request"}
+    title = titles.get(exc.status_code, "Error")
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail != title else f"{title}: {request.url.path}"
+    return error_response(exc.status_code, title, message, exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "Internal Server Error", "The server failed to handle this request.")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the app. Nothing is opened until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service = await open_service(settings)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    routes = [
+        *versions.routes,
+        *images.routes,
+        *members.routes,
+        *data.routes,
+        *info.routes,
+        *cache_api.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
+    )
+    app.add_middleware(ApiMiddleware)
+    return app
