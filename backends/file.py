@@ -1,0 +1,283 @@
+"""The ``file`` store: one file per image under a directory, written atomically.
+
+Objects live at ``<root>/<image_id>`` and are named by ``file:///<root>/<image_id>``.
+A location outside ``<root>`` (or naming a nested path) is refused, so an image
+location can never point the service at an arbitrary file.
+
+Writes go to ``<root>/.tmp-<image_id>-<random>``, are fsynced, renamed into place and
+the directory is fsynced: a reader sees the whole object or none. Leftover temp
+files (a crash mid-upload) are removed by :meth:`FileBackend.sweep_temp`.
+
+File I/O runs in worker threads: the store is read cold from disk, where a blocking
+read on the event loop would stall every other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from anyio import to_thread
+
+from .base import PIECE_SIZE, BackendCorrupt, BackendError, BackendNotFound, BackendUnavailable, ByteRange
+
+__all__ = ["FileBackend", "FileWriter", "TEMP_PREFIX"]
+
+TEMP_PREFIX = ".tmp-"
+
+# Start writeback of a large upload every this many bytes, in the background, so the
+# final fsync does not have to push the whole image to disk at once (the kernel would
+# otherwise hold up to dirty_background_ratio of RAM, GiBs, until commit).
+WRITEBACK_EVERY = 64 * 1024 * 1024
+
+
+def _translate(exc: OSError, location: str) -> BackendError:
+    if exc.errno == errno.ENOENT:
+        return BackendNotFound(f"no such object: {location}", location=location)
+    return BackendUnavailable(f"file store I/O error on {location}: {exc.strerror or exc}", location=location)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FileWriter:
+    """One object being written to a temp file; see :class:`backends.base.Writer`.
+
+    Not safe for concurrent use. After :meth:`commit` succeeds, :meth:`abort` is a no-op.
+    """
+
+    def __init__(self, backend: "FileBackend", image_id: str, fd: int, temp: Path) -> None:
+        self._backend = backend
+        self._image_id = image_id
+        self._fd: int | None = fd
+        self._temp = temp
+        self._committed = False
+        self._aborted = False
+        self._unsynced = 0
+        self._syncing: asyncio.Future[None] | None = None
+        self.bytes_written = 0
+
+    @property
+    def temp_path(self) -> Path:
+        return self._temp
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._fd is None:
+            raise BackendError("writer is closed", location=self._backend.location_for(self._image_id))
+        fd = self._fd
+        try:
+            await to_thread.run_sync(_write_all, fd, data)
+            self._unsynced += len(data)
+            if self._unsynced >= WRITEBACK_EVERY and (self._syncing is None or self._syncing.done()):
+                if self._syncing is not None:
+                    self._syncing.result()  # a failed background flush fails the write
+                self._unsynced = 0
+                self._syncing = asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
+        except OSError as exc:
+            raise _translate(exc, str(self._temp)) from exc
+        self.bytes_written += len(data)
+
+    async def _settle(self) -> None:
+        """Wait for the background flush: the descriptor must outlive it."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            await asyncio.shield(syncing)
+
+    def _commit_sync(self) -> str:
+        assert self._fd is not None
+        final = self._backend.root / self._image_id
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(self._temp, final)
+        self._committed = True
+        _fsync_dir(self._backend.root)
+        return self._backend.location_for(self._image_id)
+
+    async def commit(self) -> str:
+        """fsync, rename into place, fsync the directory; return the location URL."""
+        if self._committed:
+            return self._backend.location_for(self._image_id)
+        if self._fd is None or self._aborted:
+            raise BackendError("writer was aborted", location=self._backend.location_for(self._image_id))
+        try:
+            await self._settle()
+            return await to_thread.run_sync(self._commit_sync)
+        except OSError as exc:
+            await self.abort()
+            raise _translate(exc, str(self._temp)) from exc
+
+    def _abort_sync(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if not self._committed:
+            try:
+                os.unlink(self._temp)
+            except FileNotFoundError:
+                pass
+
+    async def abort(self) -> None:
+        """Close and remove the temp file. Safe to call twice; no-op after commit."""
+        if self._committed or self._aborted:
+            return
+        self._aborted = True
+        try:
+            await self._settle()
+        except OSError:
+            pass  # the data is being thrown away anyway
+        await to_thread.run_sync(self._abort_sync)
+
+
+class FileBackend:
+    """A directory of image files. Implements :class:`backends.base.WriteBackend`.
+
+    Safe to share between tasks: every call opens its own file descriptor.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any]) -> "FileBackend":
+        """``file:///abs/dir``: the directory is created if missing."""
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise BackendError(f"not a local file URL: {url!r}", location=url)
+        path = Path(unquote(parts.path))
+        if not path.is_absolute():
+            raise BackendError(f"file store path must be absolute: {url!r}", location=url)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create file store {path}: {exc.strerror}", location=url) from exc
+        return cls(path.resolve())
+
+    # -- naming ---------------------------------------------------------------
+
+    def location_for(self, image_id: str) -> str:
+        return (self.root / image_id).as_uri()
+
+    def _check_id(self, image_id: str, location: str) -> None:
+        if not image_id or "/" in image_id or image_id.startswith(".") or "\0" in image_id:
+            raise BackendError(f"not a valid object name: {image_id!r}", location=location)
+
+    def path_for(self, location: str) -> Path:
+        """The file behind ``location``; raises BackendError if it is not inside the store."""
+        parts = urlsplit(location)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise BackendError(f"not a file URL: {location!r}", location=location)
+        path = Path(os.path.normpath(unquote(parts.path)))
+        if path.parent != self.root:
+            raise BackendError(f"location is outside the file store {self.root}", location=location)
+        self._check_id(path.name, location)
+        return path
+
+    # -- reading --------------------------------------------------------------
+
+    async def size(self, location: str) -> int:
+        path = self.path_for(location)
+        try:
+            st = await to_thread.run_sync(os.stat, path)
+        except OSError as exc:
+            raise _translate(exc, location) from exc
+        return st.st_size
+
+    async def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
+        """Yield the object's bytes in pieces of at most ``PIECE_SIZE``.
+
+        Raises BackendNotFound if the file is missing, BackendCorrupt if ``byte_range``
+        ends past the end of the file, BackendUnavailable on I/O errors or if the
+        file shrinks while being read.
+        """
+        path = self.path_for(location)
+        try:
+            fd = await to_thread.run_sync(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _translate(exc, location) from exc
+        try:
+            size = os.fstat(fd).st_size
+            wanted = byte_range or ByteRange(0, size)
+            if wanted.end > size:
+                raise BackendCorrupt(
+                    f"range {wanted.start}-{wanted.end} is past the end of {location} ({size} bytes)",
+                    location=location,
+                )
+            offset = wanted.start
+            while offset < wanted.end:
+                n = min(PIECE_SIZE, wanted.end - offset)
+                try:
+                    piece = await to_thread.run_sync(os.pread, fd, n, offset)
+                except OSError as exc:
+                    raise _translate(exc, location) from exc
+                if not piece:
+                    raise BackendUnavailable(f"{location} ended at {offset}, expected {wanted.end}", location=location)
+                offset += len(piece)
+                yield piece
+        finally:
+            os.close(fd)
+
+    # -- writing --------------------------------------------------------------
+
+    async def open_writer(self, image_id: str) -> FileWriter:
+        self._check_id(image_id, image_id)
+        temp = self.root / f"{TEMP_PREFIX}{image_id}-{secrets.token_hex(6)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = await to_thread.run_sync(os.open, temp, flags, 0o640)
+        except OSError as exc:
+            raise _translate(exc, str(temp)) from exc
+        return FileWriter(self, image_id, fd, temp)
+
+    async def delete(self, location: str) -> None:
+        path = self.path_for(location)
+        try:
+            await to_thread.run_sync(os.unlink, path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _translate(exc, location) from exc
+
+    def sweep_temp(self, max_age: float, *, now: float | None = None) -> int:
+        """Remove temp files older than ``max_age`` seconds (crash leftovers); return how many.
+
+        Sync: meant for start-up and the cleaner loop (call it in a thread there).
+        A younger temp file may belong to an upload in progress, so it is kept.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not entry.name.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime >= max_age:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    async def aclose(self) -> None:
+        """Nothing to release: no descriptor outlives a call."""

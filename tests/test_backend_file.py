@@ -1,0 +1,141 @@
+"""The file store: the store contract, plus what is particular to files on disk."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from backends import Backends
+from backends.base import BackendError, BackendNotFound, ByteRange
+from backends.file import TEMP_PREFIX, FileBackend
+from tests.backend_contract import StoreUnderTest, WriteBackendContract, collect, payload
+
+
+def _store_for(root: Path) -> StoreUnderTest:
+    backend = FileBackend.from_url(root.as_uri(), {})
+
+    async def seed(name: str, data: bytes) -> str:
+        (root / name).write_bytes(data)
+        return backend.location_for(name)
+
+    async def leftovers() -> set[str]:
+        return set(os.listdir(root))
+
+    return StoreUnderTest(backend=backend, seed=seed, location_of=backend.location_for, leftovers=leftovers)
+
+
+class TestFileBackendContract(WriteBackendContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> StoreUnderTest:
+        return _store_for(tmp_path / "images")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def backend(root: Path) -> FileBackend:
+    return FileBackend.from_url(root.as_uri(), {})
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_from_url_creates_dir_and_names_objects(root: Path) -> None:
+    backend = FileBackend.from_url(root.as_uri(), {})
+    assert root.is_dir()
+    assert backend.location_for("abc") == f"file://{root}/abc"
+
+
+def test_from_url_refuses_relative_and_foreign_urls() -> None:
+    with pytest.raises(BackendError):
+        FileBackend.from_url("file:relative/dir", {})
+    with pytest.raises(BackendError):
+        FileBackend.from_url("file://otherhost/abs/dir", {})
+
+
+def test_backends_registry_picks_file(root: Path) -> None:
+    backends = Backends(root.as_uri())
+    assert isinstance(backends.default, FileBackend)
+    assert backends.writable is backends.default
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "file:///etc/passwd",
+        "file:///{root}/../outside",
+        "file:///{root}/sub/nested",
+        "file:///{root}/.tmp-x-123",
+        "http://example.com/{root}/x",
+    ],
+)
+async def test_locations_outside_the_store_are_refused(
+    backend: FileBackend, root: Path, location: str
+) -> None:
+    (root.parent / "outside").write_bytes(b"secret")
+    location = location.format(root=str(root).lstrip("/"))
+    with pytest.raises(BackendError) as info:
+        await collect(backend.read(location))
+    assert type(info.value) is BackendError  # refused, not looked up
+    with pytest.raises(BackendError):
+        await backend.size(location)
+    with pytest.raises(BackendError):
+        await backend.delete(location)
+    assert (root.parent / "outside").read_bytes() == b"secret"
+
+
+async def test_invalid_object_names_are_refused(backend: FileBackend) -> None:
+    for name in ("", ".hidden", "a/b"):
+        with pytest.raises(BackendError):
+            await backend.open_writer(name)
+
+
+async def test_writer_uses_temp_file_in_store_dir(backend: FileBackend, root: Path) -> None:
+    writer = await backend.open_writer("img1")
+    await writer.write(b"abc")
+    names = os.listdir(root)
+    assert len(names) == 1 and names[0].startswith(f"{TEMP_PREFIX}img1-")
+    await writer.commit()
+    assert os.listdir(root) == ["img1"]
+    assert (root / "img1").read_bytes() == b"abc"
+
+
+async def test_early_close_releases_file_descriptor(backend: FileBackend, root: Path) -> None:
+    (root / "big").write_bytes(payload(3 * 1024 * 1024))
+    before = _open_fds()
+    for _ in range(5):
+        it = backend.read(backend.location_for("big"))
+        await it.__anext__()
+        await it.aclose()
+    assert _open_fds() == before
+
+
+async def test_file_shrinking_mid_read_raises(backend: FileBackend, root: Path) -> None:
+    path = root / "shrinks"
+    path.write_bytes(payload(3 * 1024 * 1024))
+    it = backend.read(backend.location_for("shrinks"), ByteRange(0, 3 * 1024 * 1024))
+    await it.__anext__()
+    os.truncate(path, 1024 * 1024 + 10)
+    with pytest.raises(BackendError):
+        async for _ in it:
+            pass
+
+
+def test_sweep_temp_removes_only_old_temp_files(backend: FileBackend, root: Path) -> None:
+    old = root / f"{TEMP_PREFIX}a-1"
+    young = root / f"{TEMP_PREFIX}b-2"
+    image = root / "image"
+    for p in (old, young, image):
+        p.write_bytes(b"x")
+    long_ago = time.time() - 7200
+    os.utime(old, (long_ago, long_ago))
+    os.utime(image, (long_ago, long_ago))
+    assert backend.sweep_temp(3600) == 1
+    assert sorted(os.listdir(root)) == sorted([young.name, image.name])
