@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def client_for(server: ServerProcess, make_token: Callable[..., str]) -> Iterato
     def make(project: str, role: str = "member") -> httpx.Client:
         c = httpx.Client(base_url=server.url, headers={"X-Auth-Token": make_token(project, role)}, timeout=30)
         clients.append(c)
+        # The server notices a new token when it next re-reads the tokens file.
+        deadline = time.monotonic() + 10
+        while c.get("/v2/schemas/member").status_code == 401 and time.monotonic() < deadline:
+            time.sleep(0.05)
         return c
 
     yield make

@@ -1,5 +1,298 @@
-"""Placeholder: routes for this part of the API land here."""
+"""Image data: ``PUT``/``GET``/``HEAD /v2/images/{image_id}/file``.
 
-from starlette.routing import BaseRoute
+Upload streams the body once: counted against ``image_size_cap``, hashed (md5
+``checksum``, sha512 ``os_hash_value``) and written to the writable store, never
+held whole in memory. The image turns ``active`` only after the store committed
+the bytes; any failure (cap exceeded, client gone, store error) aborts the write
+and puts the image back to ``queued``, leaving nothing stored.
 
-routes: list[BaseRoute] = []
+Download streams from the store of the image's first location, whole or one
+``Range``. A store failure after the status line was sent aborts the connection,
+so a client never mistakes a truncated body for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyio import CancelScope, to_thread
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from backends import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, WriteBackend, Writer
+from cache.digests import ImageDigests
+
+from ..errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    Gone,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from ..ranges import content_range, parse_range
+from ..service import Service
+
+__all__ = ["routes", "upload", "download"]
+
+log = logging.getLogger("imgproxy.data")
+
+_NO_DATA_STATUSES = frozenset({"queued", "saving"})
+
+
+def _store_error(exc: BackendError, action: str) -> ApiError:
+    """The one mapping of store errors to HTTP for this module."""
+    if isinstance(exc, BackendUnavailable):
+        return ServiceUnavailable(f"The image store is unavailable; could not {action}: {exc}")
+    return ApiError(f"The image store failed; could not {action}: {exc}")
+
+
+# ---- upload -------------------------------------------------------------------------
+
+
+def _declared_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None  # chunked: counted while reading
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"Invalid Content-Length {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"Invalid Content-Length {raw!r}")
+    return value
+
+
+async def _receive_into(request: Request, writer: Writer, digests: ImageDigests, cap: int) -> int:
+    """Stream the body into ``writer`` and ``digests`` in pieces of ``PIECE_SIZE``; return its size.
+
+    Raises PayloadTooLarge past ``cap``, ClientDisconnect if the client goes away
+    (a short body ends that way too), BackendError from the store.
+    """
+    size = 0
+    buffer = bytearray()
+
+    async def flush() -> None:
+        piece = bytes(buffer)
+        buffer.clear()
+        # Hashing blocks (md5 and sha512 on two threads): keep it off the event loop,
+        # and let the store write the same piece meanwhile.
+        await asyncio.gather(to_thread.run_sync(digests.update, piece), writer.write(piece))
+
+    async for part in request.stream():
+        size += len(part)
+        if size > cap:
+            raise PayloadTooLarge(
+                f"Image exceeds the storage quota: the limit is {cap} bytes.", headers={"Connection": "close"}
+            )
+        buffer += part
+        if len(buffer) >= PIECE_SIZE:
+            await flush()
+    if buffer:
+        await flush()
+    return size
+
+
+async def upload(request: Request) -> Response:
+    """``PUT /v2/images/{image_id}/file``: 204 once the image is active."""
+    service: Service = request.app.state.service
+    ctx = request.state.context
+    image_id: str = request.path_params["image_id"]
+
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/octet-stream":
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'!r} is not supported for image data; "
+            "use application/octet-stream."
+        )
+    record = service.registry.get_visible(ctx, image_id)
+    service.registry.check_modify(ctx, record)
+    store = service.backends.writable
+    if store is None:
+        raise MethodNotAllowed(
+            "The configured image store is read-only; image data cannot be uploaded here.",
+            headers={"Allow": "GET, HEAD"},
+        )
+    cap = service.settings.image_size_cap
+    declared = _declared_length(request)
+    if declared is not None and declared > cap:
+        raise PayloadTooLarge(
+            f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.", headers={"Connection": "close"}
+        )
+    service.registry.begin_upload(ctx, image_id)  # 409 unless queued
+    location = await _store_body(request, service, store, image_id, cap, declared)
+    return Response(status_code=204) if location else Response(status_code=400)
+
+
+async def _store_body(
+    request: Request, service: Service, store: WriteBackend, image_id: str, cap: int, declared: int | None
+) -> str | None:
+    """Write the body, commit, activate. Returns the location, or None if the client left."""
+    try:
+        writer = await store.open_writer(image_id)
+    except BackendError as exc:
+        service.registry.fail_upload(image_id)
+        raise _store_error(exc, "store the image data") from exc
+    digests = ImageDigests()
+    try:
+        size = await _receive_into(request, writer, digests, cap)
+        if declared is not None and size != declared:
+            raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+        location = await writer.commit()
+    except BaseException as exc:
+        # Whatever ended the upload (client gone, cap, store, cancellation), nothing stays.
+        with CancelScope(shield=True):
+            await writer.abort()
+            service.registry.fail_upload(image_id)
+        if isinstance(exc, ClientDisconnect):
+            log.info("upload of %s abandoned by the client; image is queued again", image_id)
+            return None
+        if isinstance(exc, BackendError):
+            raise _store_error(exc, "store the image data") from exc
+        raise
+    finally:
+        digests.close()
+
+    try:
+        active = service.registry.finish_upload(
+            image_id,
+            size=size,
+            checksum=digests.checksum,
+            os_hash_algo=digests.os_hash_algo,
+            os_hash_value=digests.os_hash_value,
+            location=location,
+        )
+    except BaseException:
+        with CancelScope(shield=True):
+            await _delete_quietly(store, location)
+        raise
+    if active is None:
+        # Deleted (or otherwise moved on) while we were receiving: its bytes must go too.
+        await _delete_quietly(store, location)
+        raise Gone(f"Image {image_id} could not be found after upload; it may have been deleted during the upload.")
+    return location
+
+
+async def _delete_quietly(store: WriteBackend, location: str) -> None:
+    try:
+        await store.delete(location)
+    except BackendError:
+        # The reaper finds objects no image points to; the request's answer stands.
+        log.warning("could not delete orphaned image data at %s", location, exc_info=True)
+
+
+# ---- download -----------------------------------------------------------------------
+
+
+class ImageDataResponse(Response):
+    """Streams store pieces; closes the store iterator whatever happens.
+
+    A store error after the status line was sent is re-raised so the server drops
+    the connection (the body is shorter than its Content-Length: the client sees
+    an error, never a clean short response). A client that goes away ends the
+    stream quietly.
+    """
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], status_code: int, headers: dict[str, str]) -> None:
+        self._first = first
+        self._rest = rest
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if self._first:
+                    await send({"type": "http.response.body", "body": self._first, "more_body": True})
+                self._first = b""
+                async for piece in self._rest:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:
+                return  # the client went away (uvicorn raises ClientDisconnected, an OSError)
+            except BackendError as exc:
+                log.error("image data stream from %s failed mid-response: %s", exc.location or "store", exc)
+                raise
+        finally:
+            await self._rest.aclose()  # type: ignore[attr-defined]
+
+
+async def download(request: Request) -> Response:
+    """``GET``/``HEAD /v2/images/{image_id}/file``: 200, 206, 204 (no data), 403, 404, 416."""
+    service: Service = request.app.state.service
+    ctx = request.state.context
+    image_id: str = request.path_params["image_id"]
+
+    record = service.registry.get_visible(ctx, image_id)
+    if record.get("status") == "deactivated" and not ctx.is_admin:
+        raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+    locations = record.get("_locations") or []
+    if record.get("status") in _NO_DATA_STATUSES or not locations:
+        return Response(status_code=204)
+    location: str = locations[0]["url"]
+    try:
+        backend = service.backends.for_location(location)
+        size = record.get("size")
+        if size is None:
+            size = await backend.size(location)
+    except BackendError as exc:
+        raise _store_error(exc, "read the image data") from exc
+
+    # If-Range names a validator we never send, so it cannot match: serve everything.
+    range_header = None if "if-range" in request.headers else request.headers.get("range")
+    byte_range = parse_range(range_header, size)
+    headers = _download_headers(record, size, byte_range)
+    status = 200 if byte_range is None else 206
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+
+    # Always ask for explicit bounds: a store object shorter than the record says
+    # then fails the read instead of ending in a clean short body.
+    wanted = byte_range or ByteRange(0, size)
+    body = backend.read(location, wanted)
+    try:
+        # Read the first piece before answering, so a missing object or a dead store
+        # is an HTTP error rather than a dropped connection.
+        first = await _first_piece(body, wanted)
+    except BackendError as exc:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise _store_error(exc, "read the image data") from exc
+    return ImageDataResponse(first, body, status, headers)
+
+
+async def _first_piece(body: AsyncIterator[bytes], wanted: ByteRange) -> bytes:
+    if wanted.length == 0:
+        return b""
+    try:
+        return await body.__anext__()
+    except StopAsyncIteration:
+        raise BackendUnavailable("the store returned no data") from None
+
+
+def _download_headers(record: dict[str, Any], size: int, byte_range: ByteRange | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    if byte_range is None:
+        headers["Content-Length"] = str(size)
+        # Glance sends the hex md5 (not RFC 1864's base64); clients check it.
+        if record.get("checksum"):
+            headers["Content-MD5"] = record["checksum"]
+    else:
+        # The image md5 is not the digest of a part, so a 206 carries none.
+        headers["Content-Length"] = str(byte_range.length)
+        headers["Content-Range"] = content_range(byte_range, size)
+    return headers
+
+
+routes: list[BaseRoute] = [
+    Route("/v2/images/{image_id}/file", upload, methods=["PUT"]),
+    Route("/v2/images/{image_id}/file", download, methods=["GET", "HEAD"]),
+]

@@ -1,5 +1,62 @@
-"""Placeholder: routes for this part of the API land here."""
+"""Descriptive documents: ``/v2/info/import``, ``/v2/info/stores`` and ``/v2/schemas/...``."""
 
-from starlette.routing import BaseRoute
+from __future__ import annotations
 
-routes: list[BaseRoute] = []
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .. import schemas
+from .common import json_response, service_of
+
+__all__ = ["routes"]
+
+
+async def import_info(request: Request) -> Response:
+    # No interoperable import: images are created and then uploaded with PUT /file.
+    return json_response(
+        {
+            "import-methods": {
+                "description": "Import methods available.",
+                "type": "array",
+                "value": [],
+            }
+        }
+    )
+
+
+async def stores_info(request: Request) -> Response:
+    backends = service_of(request).backends
+    return json_response(
+        {
+            "stores": [
+                {
+                    "id": backends.default_scheme,
+                    "default": True,
+                    "description": f"The {backends.default_scheme} store that keeps uploaded image data.",
+                }
+            ]
+        }
+    )
+
+
+def _schema_route(path: str, build: Callable[[], dict[str, Any]]) -> Route:
+    async def endpoint(request: Request) -> Response:
+        return json_response(build())
+
+    return Route(path, endpoint, methods=["GET"])
+
+
+routes: list[BaseRoute] = [
+    Route("/v2/info/import", import_info, methods=["GET"]),
+    Route("/v2/info/stores", stores_info, methods=["GET"]),
+    _schema_route("/v2/schemas/image", schemas.image_schema),
+    _schema_route("/v2/schemas/images", schemas.images_schema),
+    _schema_route("/v2/schemas/member", schemas.member_schema),
+    _schema_route("/v2/schemas/members", schemas.members_schema),
+    _schema_route("/v2/schemas/metadefs/namespace", schemas.namespace_schema),
+    _schema_route("/v2/schemas/metadefs/resource_type", schemas.resource_type_schema),
+]

@@ -1,0 +1,55 @@
+"""Who may see and change an image: Glance's visibility and ownership rules.
+
+Pure functions over a record and a :class:`RequestContext`; membership is looked up
+by the caller (the registry, inside its transaction) and passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .context import RequestContext
+from .errors import Forbidden
+
+__all__ = ["VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_modify", "check_write_role"]
+
+VISIBILITIES = ("public", "private", "shared", "community")
+
+
+def is_owner(ctx: RequestContext, record: Mapping[str, Any]) -> bool:
+    return record.get("owner") is not None and record.get("owner") == ctx.project_id
+
+
+def is_visible(ctx: RequestContext, record: Mapping[str, Any], member_status: str | None) -> bool:
+    """May ``ctx`` see ``record``?
+
+    ``member_status`` is the caller's membership status on this image (None if not a
+    member). A member sees a shared image whatever its membership status (Glance: the
+    image can be shown and downloaded while pending; only listing needs "accepted").
+    """
+    if ctx.is_admin or is_owner(ctx, record):
+        return True
+    visibility = record.get("visibility")
+    if visibility in ("public", "community"):
+        return True
+    if visibility == "shared":
+        return member_status is not None
+    return False
+
+
+def may_modify(ctx: RequestContext, record: Mapping[str, Any]) -> bool:
+    """Admins change anything; members of the owning project change its images."""
+    return ctx.is_admin or (ctx.can_write and is_owner(ctx, record))
+
+
+def check_write_role(ctx: RequestContext) -> None:
+    """Raise Forbidden for callers that may only read (role ``reader``)."""
+    if not ctx.can_write:
+        raise Forbidden("You are not authorized to complete this action (read-only role).")
+
+
+def check_modify(ctx: RequestContext, record: Mapping[str, Any]) -> None:
+    """Raise Forbidden unless ``ctx`` may change ``record``."""
+    if not may_modify(ctx, record):
+        raise Forbidden("You are not permitted to modify this image.")

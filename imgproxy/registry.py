@@ -1,0 +1,414 @@
+"""The image registry: image records, their secondary indexes and members, in LMDB.
+
+Layout (named databases of the service's one environment):
+
+- ``images``: image id -> record JSON. Public Glance fields at top level; internal fields
+  start with ``_`` (``_locations``, ``_created_us``) and are never shown to clients.
+- ``idx``: secondary index keys -> ``b""``. Every key ends with ``<created_us 8-byte BE><id>``
+  so that walking a stream backwards yields the default list order (created_at desc, id
+  desc) and a marker is a seek, never a scan. Streams:
+  ``c`` (all images), ``o``+h(owner), ``v``+h(visibility), ``s``+h(status), ``n``+h(name),
+  ``t``+h(tag), ``m``+h(member, status) — ``h`` is xxh3-64 of the value, so keys have a fixed
+  size whatever the value; a rare hash collision only adds candidates, which the listing
+  filters in memory anyway.
+- ``members``: ``<image id>\\0<member>`` -> member JSON.
+- ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
+
+Every write updates the record and its index entries in ONE write transaction. All
+methods are synchronous and short; a write transaction belongs to the thread that began
+it, so never hold one across an ``await``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any, cast
+
+import lmdb
+import xxhash
+
+from . import policy
+from .context import RequestContext
+from .errors import Conflict, Forbidden, NotFound
+from .status import check_transition
+
+__all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES"]
+
+MEMBER_STATUSES = ("pending", "accepted", "rejected")
+
+_TS = 8  # bytes of the big-endian created_us in every index key
+
+
+def utc_now() -> tuple[str, int]:
+    """Now as (ISO 8601 seconds ``...Z`` as Glance shows it, microseconds since the epoch)."""
+    us = time.time_ns() // 1000
+    return format_time(us), us
+
+
+def format_time(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _h(value: str) -> bytes:
+    return xxhash.xxh3_64_digest(value.encode("utf-8", "surrogatepass"))
+
+
+def stream_prefix(kind: str, value: str | None = None) -> bytes:
+    """The key prefix of one index stream: ``stream_prefix("c")``, ``stream_prefix("o", owner)``,
+    ``stream_prefix("m", f"{member}\\0{status}")``."""
+    if kind == "c":
+        return b"c"
+    assert value is not None
+    return kind.encode() + _h(value)
+
+
+def _order(record: dict[str, Any]) -> bytes:
+    return int(record["_created_us"]).to_bytes(_TS, "big") + str(record["id"]).encode()
+
+
+def _index_keys(record: dict[str, Any]) -> set[bytes]:
+    """Every index key of a record (members' keys are kept by the member methods)."""
+    order = _order(record)
+    keys = {b"c" + order}
+    if record.get("owner") is not None:
+        keys.add(stream_prefix("o", str(record["owner"])) + order)
+    keys.add(stream_prefix("v", str(record.get("visibility"))) + order)
+    keys.add(stream_prefix("s", str(record.get("status"))) + order)
+    if record.get("name") is not None:
+        keys.add(stream_prefix("n", str(record["name"])) + order)
+    for tag in record.get("tags") or ():
+        keys.add(stream_prefix("t", str(tag)) + order)
+    return keys
+
+
+def _member_key(image_id: str, member: str) -> bytes:
+    return f"{image_id}\0{member}".encode()
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Registry:
+    """Image records in LMDB; see the module docstring for the layout.
+
+    Thread-safe and process-safe as LMDB is: readers never block, writers serialize.
+    """
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self._images = env.open_db(b"images")
+        self._idx = env.open_db(b"idx")
+        self._members = env.open_db(b"members")
+        self._deleted = env.open_db(b"deleted")
+
+    # ---- low-level, used inside one transaction -------------------------------------
+
+    def read(self) -> lmdb.Transaction:
+        """A read transaction for several lookups (listing); use as a context manager."""
+        return self.env.begin(write=False, buffers=False)
+
+    def load(self, txn: lmdb.Transaction, image_id: str) -> dict[str, Any] | None:
+        raw = cast(bytes | None, txn.get(image_id.encode(), db=self._images))
+        return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+    def member_status(self, txn: lmdb.Transaction, image_id: str, member: str) -> str | None:
+        raw = cast(bytes | None, txn.get(_member_key(image_id, member), db=self._members))
+        return None if raw is None else str(json.loads(raw)["status"])
+
+    def walk(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None = None) -> Iterator[tuple[bytes, str]]:
+        """Yield ``(order, image_id)`` of one stream, newest first.
+
+        ``order`` is ``<created_us BE><id>``; with ``before``, start strictly after it in
+        descending order (the marker's position). Valid while ``txn`` is open.
+        """
+        cursor = txn.cursor(db=self._idx)
+        start = prefix + before if before is not None else _successor(prefix)
+        if start is None or not cursor.set_range(start):
+            if not cursor.last():
+                return
+        elif cast(bytes, cursor.key()) >= start:
+            if not cursor.prev():
+                return
+        plen = len(prefix)
+        while True:
+            key = cast(bytes, cursor.key())
+            if not key.startswith(prefix):
+                return
+            order = key[plen:]
+            yield order, order[_TS:].decode()
+            if not cursor.prev():
+                return
+
+    def _write(self, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Store ``new`` (or delete ``old`` when ``new`` is None), keeping the indexes in step."""
+        old_keys = _index_keys(old) if old is not None else set()
+        new_keys = _index_keys(new) if new is not None else set()
+        for key in old_keys - new_keys:
+            txn.delete(key, db=self._idx)
+        for key in new_keys - old_keys:
+            txn.put(key, b"", db=self._idx)
+        if new is not None:
+            txn.put(new["id"].encode(), _dumps(new), db=self._images)
+        elif old is not None:
+            txn.delete(old["id"].encode(), db=self._images)
+
+    # ---- reads ------------------------------------------------------------------------
+
+    def get(self, image_id: str) -> dict[str, Any] | None:
+        """The raw record; None if missing or deleted."""
+        with self.read() as txn:
+            return self.load(txn, image_id)
+
+    def _visible(self, txn: lmdb.Transaction, ctx: RequestContext, image_id: str) -> dict[str, Any]:
+        record = self.load(txn, image_id)
+        if record is None or record.get("status") == "deleted":
+            raise NotFound(f"No image found with ID {image_id}")
+        status = None if ctx.is_admin else self.member_status(txn, image_id, ctx.project_id)
+        if not policy.is_visible(ctx, record, status):
+            raise NotFound(f"No image found with ID {image_id}")
+        return record
+
+    def get_visible(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
+        """The record if ``ctx`` may see it; NotFound (404, never 403) otherwise."""
+        with self.read() as txn:
+            return self._visible(txn, ctx, image_id)
+
+    def _modifiable(self, txn: lmdb.Transaction, ctx: RequestContext | None, image_id: str) -> dict[str, Any]:
+        """The record for a write: with ``ctx``, visible (else NotFound) and modifiable (else Forbidden)."""
+        if ctx is not None:
+            record = self._visible(txn, ctx, image_id)
+            policy.check_modify(ctx, record)
+            return record
+        found = self.load(txn, image_id)
+        if found is None:
+            raise NotFound(f"No image found with ID {image_id}")
+        return found
+
+    def check_modify(self, ctx: RequestContext, record: dict[str, Any]) -> None:
+        """Raise Forbidden unless ``ctx`` may change this image."""
+        policy.check_modify(ctx, record)
+
+    def locations(self, image_id: str) -> list[dict[str, Any]]:
+        record = self.get(image_id)
+        return list(record.get("_locations") or []) if record else []
+
+    def is_deleted(self, image_id: str) -> bool:
+        with self.read() as txn:
+            return txn.get(image_id.encode(), db=self._deleted) is not None
+
+    # ---- record writes ----------------------------------------------------------------
+
+    def create(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Insert a new record (with ``id``, ``_created_us``); Conflict if the id was ever used."""
+        with self.env.begin(write=True) as txn:
+            self._insert(txn, record)
+        return record
+
+    def create_many(self, records: Iterable[dict[str, Any]]) -> int:
+        """Insert many records in one transaction (bulk loads, benchmarks)."""
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for record in records:
+                self._insert(txn, record)
+                n += 1
+        return n
+
+    def _insert(self, txn: lmdb.Transaction, record: dict[str, Any]) -> None:
+        key = record["id"].encode()
+        if txn.get(key, db=self._images) is not None or txn.get(key, db=self._deleted) is not None:
+            raise Conflict(f"An image with identifier {record['id']} already exists")
+        self._write(txn, None, record)
+
+    def update(
+        self,
+        image_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        ctx: RequestContext | None = None,
+    ) -> dict[str, Any]:
+        """Read-modify-write one record atomically.
+
+        ``change(record_copy)`` returns the new record (it may raise an ApiError, which
+        aborts the transaction). With ``ctx``, the image must be visible (else NotFound)
+        and modifiable by it (else Forbidden) first. ``updated_at`` is set here.
+        """
+        with self.env.begin(write=True) as txn:
+            old = self._modifiable(txn, ctx, image_id)
+            new = change(json.loads(_dumps(old)))
+            new["id"], new["_created_us"] = old["id"], old["_created_us"]
+            new["updated_at"] = utc_now()[0]
+            self._write(txn, old, new)
+            return new
+
+    def set_status(self, image_id: str, target: str, *, ctx: RequestContext | None = None) -> dict[str, Any]:
+        """Move an image to ``target`` following the transition table (Conflict otherwise)."""
+
+        def change(record: dict[str, Any]) -> dict[str, Any]:
+            check_transition(record["status"], target)
+            record["status"] = target
+            return record
+
+        return self.update(image_id, change, ctx=ctx)
+
+    def delete(self, image_id: str, *, ctx: RequestContext | None = None) -> dict[str, Any]:
+        """Remove a record, its indexes and members; leave a tombstone. Returns the old record.
+
+        With ``ctx``: NotFound unless visible, Forbidden unless modifiable or when protected.
+        """
+        with self.env.begin(write=True) as txn:
+            old = self._modifiable(txn, ctx, image_id)
+            if old.get("protected"):
+                raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+            check_transition(old["status"], "deleted")
+            self._write(txn, old, None)
+            for member in self._member_rows(txn, image_id):
+                self._drop_member(txn, old, member)
+            deleted_at = utc_now()[0]
+            tomb = {"deleted_at": deleted_at, "owner": old.get("owner"), "_locations": old.get("_locations", [])}
+            txn.put(image_id.encode(), _dumps(tomb), db=self._deleted)
+        old["status"] = "deleted"
+        return old
+
+    # ---- the upload lifecycle (called by the data API) --------------------------------
+
+    def begin_upload(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
+        """queued -> saving for a visible, modifiable image, atomically.
+
+        Raises NotFound / Forbidden / Conflict("image is not queued").
+        """
+        with self.env.begin(write=True) as txn:
+            old = self._visible(txn, ctx, image_id)
+            policy.check_modify(ctx, old)
+            if old["status"] != "queued":
+                raise Conflict(f"Image {image_id} is not queued (status {old['status']}); its data cannot be uploaded.")
+            new = dict(old, status="saving", updated_at=utc_now()[0])
+            self._write(txn, old, new)
+            return new
+
+    def finish_upload(
+        self,
+        image_id: str,
+        *,
+        size: int,
+        checksum: str,
+        os_hash_algo: str,
+        os_hash_value: str,
+        location: str,
+        also: Callable[[lmdb.Transaction], None] | None = None,
+    ) -> dict[str, Any] | None:
+        """saving -> active with the data's size and digests, in one transaction with ``also``.
+
+        Returns None (and runs nothing) if the image was deleted or is no longer saving.
+        """
+        with self.env.begin(write=True) as txn:
+            old = self.load(txn, image_id)
+            if old is None or old.get("status") != "saving":
+                return None
+            new = dict(
+                old,
+                status="active",
+                size=size,
+                checksum=checksum,
+                os_hash_algo=os_hash_algo,
+                os_hash_value=os_hash_value,
+                _locations=[{"url": location, "metadata": {}}],
+                updated_at=utc_now()[0],
+            )
+            if also is not None:
+                also(txn)
+            self._write(txn, old, new)
+            return new
+
+    def fail_upload(self, image_id: str) -> None:
+        """saving -> queued; a no-op in any other state."""
+        with self.env.begin(write=True) as txn:
+            old = self.load(txn, image_id)
+            if old is None or old.get("status") != "saving":
+                return
+            self._write(txn, old, dict(old, status="queued", updated_at=utc_now()[0]))
+
+    # ---- members ----------------------------------------------------------------------
+
+    def _member_rows(self, txn: lmdb.Transaction, image_id: str) -> list[dict[str, Any]]:
+        prefix = f"{image_id}\0".encode()
+        cursor = txn.cursor(db=self._members)
+        rows = []
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not cast(bytes, key).startswith(prefix):
+                    break
+                rows.append(cast(dict[str, Any], json.loads(cast(bytes, value))))
+        return rows
+
+    def _member_index(self, record: dict[str, Any], member: dict[str, Any]) -> bytes:
+        return stream_prefix("m", f"{member['member_id']}\0{member['status']}") + _order(record)
+
+    def _drop_member(self, txn: lmdb.Transaction, record: dict[str, Any], member: dict[str, Any]) -> None:
+        txn.delete(self._member_index(record, member), db=self._idx)
+        txn.delete(_member_key(record["id"], member["member_id"]), db=self._members)
+
+    def _put_member(self, txn: lmdb.Transaction, record: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        if old is not None:
+            txn.delete(self._member_index(record, old), db=self._idx)
+        txn.put(self._member_index(record, new), b"", db=self._idx)
+        txn.put(_member_key(record["id"], new["member_id"]), _dumps(new), db=self._members)
+
+    def list_members(self, image_id: str) -> list[dict[str, Any]]:
+        with self.read() as txn:
+            return self._member_rows(txn, image_id)
+
+    def get_member(self, image_id: str, member: str) -> dict[str, Any] | None:
+        with self.read() as txn:
+            raw = txn.get(_member_key(image_id, member), db=self._members)
+            return None if raw is None else cast(dict[str, Any], json.loads(cast(bytes, raw)))
+
+    def add_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Add ``member`` as pending. ``check(record)`` runs first, in the transaction
+        (policy); Conflict if already a member."""
+        with self.env.begin(write=True) as txn:
+            record = self.load(txn, image_id)
+            if record is None:
+                raise NotFound(f"No image found with ID {image_id}")
+            check(record)
+            if txn.get(_member_key(image_id, member), db=self._members) is not None:
+                raise Conflict(f"{member} is already a member of image {image_id}")
+            now = utc_now()[0]
+            row = {"image_id": image_id, "member_id": member, "status": "pending", "created_at": now, "updated_at": now}
+            self._put_member(txn, record, None, row)
+            return row
+
+    def set_member_status(self, image_id: str, member: str, status: str) -> dict[str, Any]:
+        """Change a membership's status; NotFound if no such membership."""
+        with self.env.begin(write=True) as txn:
+            record = self.load(txn, image_id)
+            raw = txn.get(_member_key(image_id, member), db=self._members)
+            if record is None or raw is None:
+                raise NotFound(f"{member} is not a member of image {image_id}")
+            old = json.loads(raw)
+            new = dict(old, status=status, updated_at=utc_now()[0])
+            self._put_member(txn, record, old, new)
+            return new
+
+    def remove_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> None:
+        """Remove a membership; ``check(record)`` runs first; NotFound if absent."""
+        with self.env.begin(write=True) as txn:
+            record = self.load(txn, image_id)
+            if record is None:
+                raise NotFound(f"No image found with ID {image_id}")
+            check(record)
+            raw = txn.get(_member_key(image_id, member), db=self._members)
+            if raw is None:
+                raise NotFound(f"{member} is not a member of image {image_id}")
+            self._drop_member(txn, record, json.loads(raw))
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
