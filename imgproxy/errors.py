@@ -1,7 +1,9 @@
 """The service's errors and their one mapping to HTTP.
 
 Handlers raise :class:`ApiError` subclasses; :func:`error_response` turns any of them
-into a JSON body ``{"code", "title", "message"}`` with the matching status. Errors
+into a JSON body ``{"error": {"code", "title", "message"}}`` with the matching status
+(the shape Keystone and Glance's WSGI faults use: python-glanceclient reads the
+``message`` of each top-level object, so the fields must be nested). Errors
 from lower layers (backends, cache) are translated once, where the handler calls them.
 """
 
@@ -95,4 +97,5 @@ class ServiceUnavailable(ApiError):
 
 
 def error_response(status: int, title: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": status, "title": title, "message": message}, status_code=status, headers=headers)
+    body = {"error": {"code": status, "title": title, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -249,7 +249,7 @@ def test_missing_store_object_is_an_error_not_a_short_body(
     os.truncate(server.data_dir / "images" / image_id, 100)
     response = owner.get(f"/v2/images/{image_id}/file")
     assert response.status_code == 500
-    assert response.json()["code"] == 500
+    assert response.json()["error"]["code"] == 500
 
 
 def test_store_failure_mid_stream_drops_the_connection(

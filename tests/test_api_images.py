@@ -62,14 +62,14 @@ def test_create_refuses_read_only(client_for: Callable[..., httpx.Client], key: 
     c = client_for(project())
     r = c.post("/v2/images", json={"name": f"ro-{key}", key: value})
     assert r.status_code == 403
-    assert r.json()["message"] == f"Attribute '{key}' is read-only."
+    assert r.json()["error"]["message"] == f"Attribute '{key}' is read-only."
     assert not [i for i in c.get("/v2/images", params={"name": f"ro-{key}"}).json()["images"]]
 
 
 @pytest.mark.parametrize("key", ["deleted", "deleted_at", "location", "os_glance_importing_to_stores"])
 def test_create_refuses_reserved(client_for: Callable[..., httpx.Client], key: str) -> None:
     r = client_for(project()).post("/v2/images", json={key: "x"})
-    assert r.status_code == 403 and "reserved" in r.json()["message"]
+    assert r.status_code == 403 and "reserved" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_create_refuses_reserved(client_for: Callable[..., httpx.Client], key: s
 def test_create_refuses_bad_values(client_for: Callable[..., httpx.Client], body: dict) -> None:
     r = client_for(project()).post("/v2/images", json=body)
     assert r.status_code == 400, r.text
-    assert r.json()["code"] == 400
+    assert r.json()["error"]["code"] == 400
 
 
 def test_public_and_owner_only_for_admins(admin: httpx.Client, client_for: Callable[..., httpx.Client]) -> None:

@@ -65,7 +65,7 @@ def test_other_media_types_are_415_with_accept_patch(client_for: Callable[..., h
 def test_read_only_attributes(client_for: Callable[..., httpx.Client], key: str) -> None:
     c, path = new_image(client_for)
     r = patch(c, path, [{"op": "replace", "path": f"/{key}", "value": "x"}])
-    assert r.status_code == 403 and r.json()["message"] == f"Attribute '{key}' is read-only."
+    assert r.status_code == 403 and r.json()["error"]["message"] == f"Attribute '{key}' is read-only."
     assert c.get(path).json()["status"] == "queued"
 
 
