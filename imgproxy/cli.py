@@ -1,16 +1,25 @@
-"""The ``imgproxy`` command: ``serve``, ``token create``, ``cache prune|clean|prefetch``."""
+"""The ``imgproxy`` command: ``serve``, ``token create|list``, ``cache ...``.
+
+Exit codes: 0 success (also after a clean SIGTERM/SIGINT shutdown of ``serve``),
+2 bad settings or arguments (the message names the key), 1 anything else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
+from .context import ROLES
 from .settings import Settings, SettingsError, load_settings
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+TOKENS_FILE = "tokens.json"
 
 
 def _settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -28,20 +37,39 @@ def _export(settings: Settings, config: str | None) -> None:
     os.environ["IMGPROXY_WORKERS"] = str(settings.workers)
 
 
+def _make_data_dir(settings: Settings) -> None:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError("data_dir", f"cannot create {settings.data_dir}: {exc.strerror}") from exc
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings_from_args(
         args, host=args.host, port=args.port, workers=args.workers, auth="noauth" if args.noauth else None
     )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(settings)
     if settings.auth_enabled:
         from .tokens import ensure_admin_token
 
-        created = ensure_admin_token(settings.data_dir / "tokens.json")
+        path = settings.data_dir / TOKENS_FILE
+        created = ensure_admin_token(path)
         if created is not None:
-            print(f"imgproxy: created admin token (stored in {settings.data_dir / 'tokens.json'}): {created}", flush=True)
+            print(f"imgproxy: created admin token (stored in {path}, shown only once): {created}", flush=True)
+    else:
+        print("imgproxy: WARNING: --noauth: every caller is an admin; for development only", flush=True)
     _export(settings, args.config)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the
+    # signal with the handler that was installed before it ran; with these
+    # handlers that re-raise becomes a normal exit 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     uvicorn.run(
         "imgproxy.main:app_from_environment",
         factory=True,
@@ -59,13 +87,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokens_path(args: argparse.Namespace) -> Any:
+    settings = _settings_from_args(args)
+    return settings.data_dir / TOKENS_FILE
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from .tokens import create_token
+
+    path = _tokens_path(args)
+    roles = args.role or ["member"]
+    token = create_token(path, project=args.project, roles=roles)
+    # The token is the last word so scripts can take it with `awk '{print $NF}'`.
+    print(f"created token for project {args.project} with roles {','.join(roles)}: {token}")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from .tokens import list_tokens
+
+    rows = [("TOKEN", "PROJECT", "ROLES", "CREATED")]
+    for token, entry in list_tokens(_tokens_path(args)):
+        rows.append((token[:8] + "...", entry["project"], ",".join(entry["roles"]), entry.get("created_at", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_not_implemented(args: argparse.Namespace) -> int:
+    print(f"imgproxy: '{args.command} {args.action}' is not implemented yet", file=sys.stderr)
+    return 1
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="directory for metadata, store and cache")
+    p.add_argument("--data-dir", default=None, help="directory for metadata, store and cache (default ./imgproxy-data)")
     p.add_argument("--config", default=None, help="TOML config file")
 
 
+def _add_token_commands(sub: Any) -> None:
+    token = sub.add_parser("token", help="manage the tokens file")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="add a token; prints it as the last word")
+    _add_common(create)
+    create.add_argument("--project", required=True, help="project that owns what the token creates")
+    create.add_argument("--role", action="append", choices=ROLES, help="role (repeatable; default member)")
+    create.set_defaults(func=cmd_token_create)
+    lst = actions.add_parser("list", help="list tokens (prefixes only), projects and roles")
+    _add_common(lst)
+    lst.set_defaults(func=cmd_token_list)
+
+
+def _add_cache_commands(sub: Any) -> None:
+    """The ``cache`` group: one-shot runs of the background loops (wired up by the cache work)."""
+    cache = sub.add_parser("cache", help="run a cache loop once")
+    actions = cache.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("prune", "evict least-recently-used chunks down to the low watermark"),
+        ("clean", "remove stale temp files and orphan chunks"),
+        ("prefetch", "fill the queued images"),
+    ):
+        p = actions.add_parser(name, help=text)
+        _add_common(p)
+        p.set_defaults(func=cmd_not_implemented)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgproxy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="imgproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the image service")
@@ -75,15 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None)
     serve.add_argument("--noauth", action="store_true", help="no tokens: every caller is an admin (development only)")
     serve.set_defaults(func=cmd_serve)
+    _add_token_commands(sub)
+    _add_cache_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .tokens import TokensFileError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except SettingsError as exc:
+    except (SettingsError, TokensFileError) as exc:
         print(f"imgproxy: {exc}", file=sys.stderr)
         return 2
 

@@ -83,7 +83,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
 
 
 def _convert(key: str, raw: Any) -> Any:
-    default = _FIELDS[key].default
+    default: Any = _FIELDS[key].default
     kind = type(default)
     if kind is bool:
         if isinstance(raw, bool):
