@@ -1,0 +1,203 @@
+"""What scenarios share during one run: sizes, the upstream, started systems, results.
+
+Systems start lazily, once per run, and are all stopped (by PID) when the run ends,
+whatever happened. A system that cannot start is remembered with its reason, and
+every scenario that wanted it records "not run: <why>" instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .progress import Progress
+from .systems.base import System, SystemUnavailable
+from .systems.glance import GlanceSystem
+from .systems.imgproxy import ImgproxySystem
+from .systems.nginx_systems import NginxCache, NginxDirect, Upstream
+from .systems.procs import TreeMeter, TreeUsage
+
+__all__ = ["Profile", "RunContext", "ScenarioResult", "summarize", "percentile"]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Workload sizes. ``quick`` keeps a run under 5 minutes on 2 cores."""
+
+    quick: bool
+    repeats: int
+    storm_nodes: tuple[int, ...]
+    storm_images: tuple[int, ...]
+    storm_image_size: int
+    upstream_rate: int
+    warm_image_size: int
+    warm_nodes: tuple[int, ...]
+    range_image_size: int
+    range_count: int
+    upload_sizes: tuple[int, ...]
+    meta_creates: int
+    meta_creates_glance: int
+    meta_requests: int
+    growth_images: int
+    growth_image_size: int
+    growth_cache_max: int
+
+    @classmethod
+    def make(cls, quick: bool) -> "Profile":
+        if quick:
+            return cls(
+                quick=True, repeats=1, storm_nodes=(8, 32), storm_images=(1, 5), storm_image_size=16 * MiB,
+                upstream_rate=32 * MiB, warm_image_size=256 * MiB, warm_nodes=(1, 8), range_image_size=64 * MiB,
+                range_count=8, upload_sizes=(64 * MiB, 256 * MiB), meta_creates=1000, meta_creates_glance=200,
+                meta_requests=100, growth_images=24, growth_image_size=4 * MiB, growth_cache_max=48 * MiB,
+            )
+        return cls(
+            quick=False, repeats=3, storm_nodes=(8, 32, 64), storm_images=(1, 5), storm_image_size=256 * MiB,
+            upstream_rate=64 * MiB, warm_image_size=1024 * MiB, warm_nodes=(1, 8, 32), range_image_size=1024 * MiB,
+            range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), meta_creates=100_000, meta_creates_glance=1000,
+            meta_requests=1000, growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
+        )
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's rows (one per system x parameters) plus notes and failures.
+
+    ``failures`` is non-empty when a node received wrong bytes: the run then exits non-zero.
+    """
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    plot: dict[str, str] = field(default_factory=dict)
+
+    def not_run(self, system: str, why: str, **params: Any) -> None:
+        self.rows.append({"system": system, **params, "status": f"not run: {why}"})
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def summarize(samples: list[dict[str, Any]], spread: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Median of every numeric metric over repeats; ``key_min``/``key_max`` for ``spread`` keys."""
+    out: dict[str, Any] = dict(samples[0])
+    for key, value in samples[0].items():
+        values = [s[key] for s in samples if isinstance(s.get(key), (int, float)) and not isinstance(s.get(key), bool)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
+            med = statistics.median(values)
+            out[key] = round(med, 4) if isinstance(med, float) else med
+            if key in spread and len(values) > 1:
+                out[f"{key}_min"], out[f"{key}_max"] = round(min(values), 4), round(max(values), 4)
+    out["repeats"] = len(samples)
+    return out
+
+
+class RunContext:
+    """Owns the work dir, the upstream and every started system of one run."""
+
+    def __init__(self, work: Path, profile: Profile, progress: Progress, systems: tuple[str, ...] = ()) -> None:
+        self.work = work
+        self.only_systems = set(systems)  # empty: every system
+        self.profile = profile
+        self.progress = progress
+        self.upstream_root = work / "upstream-files"
+        self.local_root = work / "local-files"
+        self._systems: dict[str, System] = {}
+        self._failed: dict[str, str] = {}
+        self._upstream: Upstream | None = None
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            up = Upstream(self.work / "upstream", self.upstream_root)
+            self.upstream_root.mkdir(parents=True, exist_ok=True)
+            up.start()  # no upstream, no scenario: let SystemUnavailable propagate
+            self._upstream = up
+        return self._upstream
+
+    def _build(self, name: str) -> System:
+        w = self.work / "systems" / name
+        if name == "imgproxy-1w":
+            return ImgproxySystem(w, workers=1)
+        if name == "imgproxy-2w":
+            return ImgproxySystem(w, workers=2)
+        if name == "glance":
+            return GlanceSystem(w)
+        if name == "nginx-direct":
+            self.local_root.mkdir(parents=True, exist_ok=True)
+            return NginxDirect(w, self.local_root)
+        if name == "nginx-cache-lock":
+            return NginxCache(w, self.upstream.url)
+        if name == "nginx-slice-lock":
+            return NginxCache(w, self.upstream.url, slice_size=4 * MiB)
+        raise KeyError(name)
+
+    def system(self, name: str) -> System:
+        """The started system ``name``; raises SystemUnavailable (remembered) if it cannot start."""
+        if name in self._failed:
+            raise SystemUnavailable(self._failed[name])
+        if name not in self._systems:
+            self.progress.note(f"starting {name}")
+            system = self._build(name)
+            try:
+                system.start()
+            except SystemUnavailable as exc:
+                self._failed[name] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise SystemUnavailable(self._failed[name]) from exc
+            self._systems[name] = system
+        return self._systems[name]
+
+    def add_system(self, name: str, system: System) -> System:
+        """Start and own a specially configured system (e.g. a small cache bound)."""
+        system.start()
+        self._systems[name] = system
+        return system
+
+    @contextmanager
+    def metered(self, system: System) -> Iterator[TreeUsage]:
+        """Peak RSS and CPU seconds of ``system``'s process tree over the block."""
+        assert system.pid is not None
+        meter = TreeMeter(system.pid).start()
+        try:
+            yield meter.usage
+        finally:
+            meter.stop()
+
+    def stop_all(self) -> None:
+        for name, system in reversed(list(self._systems.items())):
+            try:
+                system.stop()
+            except Exception as exc:  # stopping the rest matters more than this one's error
+                self.progress.note(f"stopping {name} failed: {exc}")
+        self._systems.clear()
+        if self._upstream is not None:
+            self._upstream.stop()
+            self._upstream = None
+
+    def system_or_row(self, result: ScenarioResult, name: str, **params: Any) -> System | None:
+        """The system, or None after recording a "not run" row for it (no row if the user left it out)."""
+        if self.only_systems and name not in self.only_systems:
+            return None
+        try:
+            return self.system(name)
+        except SystemUnavailable as exc:
+            result.not_run(name, str(exc), **params)
+            return None
+
+
+ScenarioFn = Callable[[RunContext], ScenarioResult]

@@ -1,0 +1,84 @@
+"""Scenario 4, upload: ``PUT /v2/images/{id}/file`` of a large image with curl, MB/s.
+
+The limit is the machine's md5+sha512 speed on one core (a one-pass upload must compute
+both); it is measured in the same run and shown next to each result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+from ..images import hash_speed, make_image
+from ..runner import RunContext, ScenarioResult, summarize
+from ..systems.base import NotSupported
+from ..systems.imageapi import ImageApiSystem
+
+__all__ = ["run"]
+
+NAME = "upload"
+SYSTEMS = ("imgproxy-1w", "glance")
+
+
+def _curl_put(url: str, path: str, headers: dict[str, str]) -> tuple[int, float]:
+    """Stream the file with curl (Content-Length set); returns (HTTP status, seconds)."""
+    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-X", "PUT", "-T", path,
+            "-H", "Content-Type: application/octet-stream", "-H", "Expect:"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run(args + [url], capture_output=True, timeout=1800)
+    code, seconds = out.stdout.decode().split()
+    return int(code), float(seconds)
+
+
+def _step(ctx: RunContext, system: ImageApiSystem, image: Any) -> dict[str, Any]:
+    image_id = system.create_image(f"upload-{image.size}")
+    with ctx.metered(system) as usage:
+        code, seconds = _curl_put(f"{system.url}/v2/images/{image_id}/file", str(image.path), system.headers)
+    if code in (404, 405, 501):
+        raise NotSupported(f"PUT /v2/images/{{id}}/file answered {code}")
+    body = system.wait_active(image_id, timeout=30)
+    ok = code in (200, 201, 204) and body.get("os_hash_value") == image.sha512 and body.get("checksum") == image.md5
+    return {
+        "MBps": round(image.size / seconds / 1e6, 1), "seconds": round(seconds, 2), "http": code,
+        "digests_ok": ok, "server_cpu_s": usage.cpu_s, "peak_rss_MiB": round(usage.peak_rss / (1 << 20), 1),
+    }
+
+
+def run(ctx: RunContext) -> ScenarioResult:
+    p = ctx.profile
+    limit = hash_speed(64 << 20)["md5+sha512"]
+    result = ScenarioResult(
+        NAME, f"Upload with curl; hashing limit md5+sha512 on one core = {limit} MB/s",
+        ["system", "size_MiB", "MBps", "vs_hash_limit", "seconds", "http", "digests_ok", "server_cpu_s", "peak_rss_MiB", "status"],
+        plot={"x": "size_MiB", "y": "MBps", "series": "system", "ylabel": "upload MB/s"},
+    )
+    if shutil.which("curl") is None:
+        result.not_run("all", "curl is not installed")
+        return result
+    for size in p.upload_sizes:
+        image = make_image(ctx.work / "upload-files", f"upload-{size}.img", size)
+        try:
+            for name in SYSTEMS:
+                system = ctx.system_or_row(result, name, size_MiB=size >> 20)
+                if system is None:
+                    continue
+                assert isinstance(system, ImageApiSystem)
+                ctx.progress.step(f"{name} {size >> 20} MiB")
+                try:
+                    row = {"system": name, "size_MiB": size >> 20, **summarize([_step(ctx, system, image) for _ in range(p.repeats)], ("MBps",))}
+                except NotSupported as exc:
+                    result.not_run(name, str(exc), size_MiB=size >> 20)
+                    continue
+                except Exception as exc:
+                    result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", size_MiB=size >> 20)
+                    continue
+                row["vs_hash_limit"] = round(row["MBps"] / limit, 2)
+                row["status"] = "ok" if row["digests_ok"] and row["http"] < 300 else "FAILED: wrong digests or status"
+                if row["status"] != "ok":
+                    result.failures.append(f"upload {name} {size >> 20} MiB: HTTP {row['http']}, digests_ok={row['digests_ok']}")
+                result.rows.append(row)
+        finally:
+            image.path.unlink(missing_ok=True)
+    return result

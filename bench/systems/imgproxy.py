@@ -1,0 +1,96 @@
+"""imgproxy itself, as the benchmark runs it: ``python -m imgproxy serve --noauth`` on a fresh data dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from .base import SystemUnavailable, free_port
+from .imageapi import ImageApiSystem
+from .procs import wait_gone
+
+__all__ = ["ImgproxySystem"]
+
+
+def _toml(config: Mapping[str, object]) -> str:
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f'{key} = "{value}"')
+    return "\n".join(lines) + "\n"
+
+
+class ImgproxySystem(ImageApiSystem):
+    """One ``imgproxy serve`` process tree (uvicorn master + workers), stopped by PID."""
+
+    kind = "imgproxy"
+
+    def __init__(self, root: Path, *, workers: int = 1, config: Mapping[str, object] | None = None) -> None:
+        super().__init__(f"imgproxy-{workers}w")
+        self.root = Path(root).resolve()
+        self.workers = workers
+        self.config = {"log_level": "warning", **(config or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def start(self, timeout: float = 30.0) -> "ImgproxySystem":
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "imgproxy.toml"
+        conf.write_text(_toml(self.config))
+        args = [
+            sys.executable, "-m", "imgproxy", "serve", "--noauth", "--data-dir", str(self.data_dir),
+            "--port", str(self.port), "--workers", str(self.workers), "--config", str(conf),
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
+        log = (self.root / "server.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemUnavailable(f"imgproxy exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/versions", timeout=1.0).status_code in (200, 300):
+                    self.pid = self.proc.pid
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise SystemUnavailable(f"imgproxy did not answer /versions within {timeout}s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        try:
+            return (self.root / "server.log").read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        wait_gone(self.proc.pid, 3)
+        self.proc = None
+        self.pid = None

@@ -1,0 +1,125 @@
+"""The benchmark harness: its systems start and stop cleanly, it counts upstream bytes,
+it catches a node that receives wrong bytes, and a quick one-scenario run writes its report.
+
+Tiny sizes only; no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.clients import Fetch, run_downloads
+from bench.images import make_image
+from bench.progress import Progress
+from bench.systems.base import System
+from bench.systems.glance import GlanceSystem, venv_ready
+from bench.systems.imgproxy import ImgproxySystem
+from bench.systems.nginx_systems import NginxCache, NginxDirect, Upstream
+from bench.systems.procs import is_running, tree_pids
+
+KiB = 1024
+
+
+def _assert_stops_cleanly(system: System) -> None:
+    assert system.pid is not None and is_running(system.pid)
+    pids = tree_pids(system.pid)
+    system.stop()
+    assert system.pid is None
+    assert not any(is_running(p) for p in pids), "a server process outlived stop()"
+
+
+@pytest.fixture
+def upstream(tmp_path: Path):
+    up = Upstream(tmp_path / "up", tmp_path / "files").start()
+    yield up
+    up.stop()
+
+
+def test_upstream_and_nginx_direct_start_serve_and_stop(tmp_path: Path, upstream: Upstream) -> None:
+    image = make_image(tmp_path / "files", "a.img", 300 * KiB)
+    direct = NginxDirect(tmp_path / "direct", tmp_path / "files").start()
+    try:
+        run = run_downloads([Fetch(direct.warm_url(image), image.sha512, image.size)])
+        assert run.results[0]["ok"], run.results[0]
+    finally:
+        _assert_stops_cleanly(direct)
+    _assert_stops_cleanly(upstream)
+
+
+@pytest.mark.parametrize("slice_size", [0, 64 * KiB])
+def test_nginx_cache_reads_upstream_once_and_counts_its_bytes(tmp_path: Path, upstream: Upstream, slice_size: int) -> None:
+    image = make_image(tmp_path / "files", "b.img", 257 * KiB)
+    cache = NginxCache(tmp_path / "cache", upstream.url, slice_size=slice_size).start()
+    try:
+        url = cache.cold_url(image, upstream.url_for(image, rate=4 << 20))
+        run = run_downloads([Fetch(url, image.sha512, image.size) for _ in range(4)])
+        assert all(r["ok"] for r in run.results), run.results
+        assert upstream.bytes_sent() == image.size  # one fill, every body byte counted once
+    finally:
+        _assert_stops_cleanly(cache)
+
+
+def test_upstream_byte_count_matches_what_clients_received(tmp_path: Path, upstream: Upstream) -> None:
+    image = make_image(tmp_path / "files", "c.img", 123_457)
+    run = run_downloads(
+        [Fetch(upstream.url_for(image), image.sha512, image.size)] * 3
+        + [Fetch(upstream.url_for(image), "", image.size, (1000, 1999))]
+    )
+    received = sum(r["bytes"] for r in run.results)
+    assert received == 3 * image.size + 1000
+    assert upstream.bytes_sent() == received
+
+
+def test_a_node_that_receives_a_wrong_byte_is_caught(tmp_path: Path, upstream: Upstream) -> None:
+    image = make_image(tmp_path / "files", "d.img", 64 * KiB)
+    # Serve a deliberately different file under the image's name: one byte flipped.
+    data = bytearray(image.path.read_bytes())
+    data[40_000] ^= 0xFF
+    image.path.write_bytes(bytes(data))
+    run = run_downloads([Fetch(upstream.url_for(image), image.sha512, image.size)])
+    result = run.results[0]
+    assert not result["ok"]
+    assert "sha512 mismatch" in result["error"]
+
+
+def test_imgproxy_system_starts_and_stops(tmp_path: Path) -> None:
+    system = ImgproxySystem(tmp_path / "imgproxy", workers=2).start()
+    try:
+        assert len(tree_pids(system.pid)) >= 2  # the master and its workers are all metered
+    finally:
+        _assert_stops_cleanly(system)
+
+
+@pytest.mark.skipif(not venv_ready(), reason="Glance venv not installed; run `python -m bench setup-glance`")
+def test_glance_starts_serves_a_location_and_stops(tmp_path: Path, upstream: Upstream) -> None:
+    image = make_image(tmp_path / "files", "e.img", 200 * KiB)
+    glance = GlanceSystem(tmp_path / "glance", processes=1).start()
+    try:
+        url = glance.cold_url(image, upstream.url_for(image))
+        run = run_downloads([Fetch(url, image.sha512, image.size)])
+        assert run.results[0]["ok"], run.results[0]
+    finally:
+        _assert_stops_cleanly(glance)
+
+
+def test_quick_run_of_one_scenario_writes_json_markdown_and_png(tmp_path: Path) -> None:
+    import dataclasses
+
+    from bench.__main__ import run_bench
+    from bench.runner import Profile
+
+    # Shrink the quick profile further: this checks the plumbing, not the speed.
+    tiny = dataclasses.replace(Profile.make(True), warm_image_size=256 * KiB, warm_nodes=(2,))
+    out = tmp_path / "report"
+    run_bench(out, quick=True, only=["warm_reads"], systems=["nginx-direct", "nginx-slice-lock"],
+              progress=Progress(quiet=True), profile=tiny, work=tmp_path / "work")
+    assert (out / "results.json").exists() and (out / "results.md").exists() and (out / "warm_reads.png").exists()
+    data = json.loads((out / "results.json").read_text())
+    rows = data["scenarios"][0]["rows"]
+    assert {r["system"] for r in rows} == {"nginx-direct", "nginx-slice-lock"}
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert "| nginx-direct |" in (out / "results.md").read_text()
+    assert (out / "warm_reads.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
