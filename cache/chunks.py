@@ -1,0 +1,169 @@
+"""Chunk files on disk: ``<root>/chunks/ab/<32 hex>``, named by their xxh3-128.
+
+Every chunk file is complete and was fsynced before it got its name (temp file, or a
+fill's ``.part`` file, then a no-clobber ``link``): a reader never sees half a chunk.
+An address that already has a file is shared only after a byte-for-byte comparison,
+so a crafted xxh3 collision cannot put one image's bytes into another.
+
+Layout under ``root``: ``chunks/`` (chunk files), ``tmp/`` (``<pid>-<random>`` temp files
+of ingests), ``fills/`` (``<key>.lock`` + ``<key>.part`` of fills in progress).
+
+All methods are sync and blocking (run them in a worker thread), except :meth:`load`
+which the read path calls on the event loop for page-cache-hot chunks. Safe for
+concurrent use by threads and processes: each call uses its own descriptors.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import xxhash
+
+from .errors import CorruptChunk
+from .manifest import ADDRESS_SIZE
+
+__all__ = ["ChunkStore", "WriteOutcome", "address_of"]
+
+
+def address_of(data: bytes | bytearray | memoryview) -> bytes:
+    """The chunk address of ``data``: its xxh3-128 digest (16 bytes)."""
+    return xxhash.xxh3_128_digest(data)
+
+
+class WriteOutcome(enum.Enum):
+    STORED = "stored"  # a new chunk file now exists under the address
+    SHARED = "shared"  # an identical chunk was already there
+    COLLISION = "collision"  # different bytes with the same address are there: not shared
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class ChunkStore:
+    """The chunk files under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.chunks_dir = root / "chunks"
+        self.tmp_dir = root / "tmp"
+        self.fills_dir = root / "fills"
+        for d in (self.chunks_dir, self.tmp_dir, self.fills_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, address: bytes) -> Path:
+        h = address.hex()
+        return self.chunks_dir / h[:2] / h[2:]
+
+    def exists(self, address: bytes) -> bool:
+        return os.path.exists(self.path(address))
+
+    def load(self, address: bytes, length: int) -> bytes | None:
+        """The verified bytes of chunk ``address``, or ``None`` if no such chunk of ``length`` is cached.
+
+        Raises :class:`CorruptChunk` (after removing the file) if the file's digest is
+        wrong: a corrupt chunk is never returned. A valid file of another length (a
+        collision) is left alone and reported as ``None``.
+        """
+        path = self.path(address)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, length + 1, 0)
+            if len(data) != length:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+            if address_of(data) == address:
+                return data if len(data) == length else None
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self._remove_if_same(path, st)
+        raise CorruptChunk(f"chunk {address.hex()} failed verification")
+
+    def _remove_if_same(self, path: Path, st: os.stat_result) -> None:
+        # Only the file we checked: a fill may have just put a good one in its place.
+        try:
+            now = os.stat(path)
+            if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def remove(self, address: bytes) -> bool:
+        try:
+            os.unlink(self.path(address))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def write(self, address: bytes, data: bytes | bytearray | memoryview) -> WriteOutcome:
+        """Store ``data`` (whose digest is ``address``) unless an identical chunk exists."""
+        outcome = self._compare_existing(address, data)
+        if outcome is not None:
+            return outcome
+        temp = self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return self.publish(temp, address, data)
+        finally:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+
+    def publish(self, source: Path, address: bytes, data: bytes | bytearray | memoryview) -> WriteOutcome:
+        """Give the complete, fsynced file ``source`` (holding ``data``) the name ``address``.
+
+        Never replaces a valid chunk; ``source`` is left for the caller to remove.
+        """
+        final = self.path(address)
+        for _ in range(3):
+            try:
+                os.link(source, final)
+                return WriteOutcome.STORED
+            except FileNotFoundError:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                outcome = self._compare_existing(address, data)
+                if outcome is not None:
+                    return outcome
+                # The existing file was corrupt and is gone: link again.
+        raise OSError(f"cannot publish chunk {address.hex()}")
+
+    def _compare_existing(self, address: bytes, data: bytes | bytearray | memoryview) -> WriteOutcome | None:
+        """SHARED/COLLISION if a valid file is at ``address``; ``None`` if none (corrupt ones are removed)."""
+        try:
+            existing = self.load(address, len(data))
+        except CorruptChunk:
+            return None
+        if existing is None:
+            # Either no file, or a valid chunk of another length: a collision.
+            return WriteOutcome.COLLISION if self.exists(address) else None
+        return WriteOutcome.SHARED if existing == data else WriteOutcome.COLLISION
+
+    def addresses(self) -> Iterator[tuple[bytes, Path]]:
+        """Every chunk file (address, path), in no particular order. Skips foreign names."""
+        for sub in os.scandir(self.chunks_dir):
+            if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:
+                continue
+            for entry in os.scandir(sub.path):
+                name = sub.name + entry.name
+                if len(name) != ADDRESS_SIZE * 2:
+                    continue
+                try:
+                    yield bytes.fromhex(name), Path(entry.path)
+                except ValueError:
+                    continue

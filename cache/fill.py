@@ -1,0 +1,355 @@
+"""Single-flight fills: one upstream read per missing chunk, shared by every reader.
+
+In one process, readers of a missing chunk share one :class:`Fill` (its bytes so far in
+memory, a wake-up event). Across processes sharing the cache directory, the fill of a
+chunk is owned by whoever holds ``fills/<key>.lock`` (``flock``); the owner appends what
+it reads upstream to ``fills/<key>.part``. A process that cannot take the lock tails the
+``.part`` file (polling its size) into its own :class:`Fill` until the lock is free, then
+takes the lock itself and finishes from the final chunk file, or, if the owner failed,
+fetches the rest from the store. So N readers in any number of processes cause one
+upstream read of each byte, and all of them stream bytes as they arrive.
+
+A fill runs as a task owned by the cache, not by a reader: it goes on when the reader
+that started it goes away. Upstream failures are retried with a ranged read from where
+the fill stopped (``retries`` consecutive failures without progress); after that every
+waiter gets :class:`UpstreamFailed`. If the cache cannot store the chunk (full, disk
+error) the fill still streams to its waiters, it just keeps nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend
+
+from .chunks import ChunkStore, WriteOutcome, address_of
+from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
+from .index import PendingWrites
+
+__all__ = ["Fill", "FillSpec", "FillRunner", "try_lock", "unlock"]
+
+log = logging.getLogger("imgproxy.cache")
+
+TAIL_POLL = 0.005  # seconds between looks at another process's .part file
+
+
+@dataclass(frozen=True)
+class FillSpec:
+    """What to fill: chunk ``index`` of ``image_id`` (``span`` in the image) from ``source``."""
+
+    key: str
+    image_id: str
+    index: int
+    address: bytes | None
+    span: ByteRange
+    source: ReadBackend
+    location: str
+    cacheable: bool = True
+
+
+class Fill:
+    """The bytes of one chunk as they arrive, for any number of in-process waiters.
+
+    Driven by one task (:class:`FillRunner`); all methods run on the event loop.
+    """
+
+    def __init__(self, spec: FillSpec) -> None:
+        self.spec = spec
+        self.buf = bytearray()
+        self.done = False
+        self.verified = False  # all bytes in and matching the known address
+        self.error: BaseException | None = None
+        self._event = asyncio.Event()
+
+    @property
+    def length(self) -> int:
+        return self.spec.span.length
+
+    def _notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def append(self, data: bytes | memoryview) -> None:
+        self.buf += data
+        self._notify()
+
+    def mark_verified(self) -> None:
+        self.verified = True
+        self._notify()
+
+    def finish(self) -> None:
+        self.done = self.verified = True
+        self._notify()
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._notify()
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes ``start``..``end`` of the chunk as they arrive (pieces <= PIECE_SIZE).
+
+        Raises the fill's error if it fails before ``end`` is reached. When the chunk's
+        address is known, the last byte is held back until the whole chunk is verified,
+        so bytes that do not match the manifest never make a complete response.
+        """
+        pos = start
+        while pos < end:
+            avail = min(len(self.buf), end)
+            if avail == end and not self.verified and self.spec.address is not None:
+                avail = end - 1
+            if pos < avail:
+                stop = min(avail, pos + PIECE_SIZE)
+                piece = bytes(self.buf[pos:stop])
+                pos = stop
+                yield piece
+                continue
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                raise CacheError(f"fill of {self.spec.key} ended short", image_id=self.spec.image_id,
+                                 offset=self.spec.span.start + pos)
+            await self._event.wait()
+            if self.error is not None and not self.verified:
+                raise self.error
+
+
+def try_lock(path: Path) -> int | None:
+    """Take the exclusive flock on ``path`` without waiting; return its fd, or ``None`` if held.
+
+    The holder removes the path before closing (:func:`unlock`), so a lock taken on a
+    file that no longer has that name is stale: refused, and the caller tries again.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        now = os.stat(path)
+        if (st.st_ino, st.st_dev) == (now.st_ino, now.st_dev):
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            os.close(fd)
+            raise
+    os.close(fd)
+    return None
+
+
+def unlock(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.close(fd)
+
+
+class FillRunner:
+    """Runs fills for one :class:`ImageCache`: the owner/tailer protocol above."""
+
+    def __init__(self, store: ChunkStore, pending: PendingWrites, executor: Executor, *,
+                 retries: int, stall_timeout: float, has_room: Callable[[int], bool]) -> None:
+        self.store = store
+        self.pending = pending
+        self.executor = executor
+        self.retries = retries
+        self.stall_timeout = stall_timeout
+        self.has_room = has_room
+
+    async def _io(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run(self, fill: Fill) -> None:
+        """Drive ``fill`` to done or failed. Never raises (waiters see the error)."""
+        spec = fill.spec
+        try:
+            if not spec.cacheable or not self.has_room(fill.length):
+                await self._fetch(fill, None)
+                self._check_address(fill)
+                self.pending.count("uncached_fills")
+            else:
+                await self._run_locked(fill)
+            fill.finish()
+        except asyncio.CancelledError:
+            fill.fail(CacheError("cache is closing", image_id=spec.image_id, offset=spec.span.start))
+            raise
+        except Exception as exc:
+            error = exc
+            if not isinstance(exc, CacheError):
+                log.error("fill of chunk %d of image %s failed: %r", spec.index, spec.image_id, exc)
+                error = UpstreamFailed(f"fill failed: {exc!r}", image_id=spec.image_id, offset=spec.span.start)
+                error.__cause__ = exc
+            self.pending.count("fill_failures")
+            fill.fail(error)
+
+    async def _run_locked(self, fill: Fill) -> None:
+        lock_path = self.store.fills_dir / f"{fill.spec.key}.lock"
+        part_path = self.store.fills_dir / f"{fill.spec.key}.part"
+        tailing = False
+        while True:
+            try:
+                fd = try_lock(lock_path)
+            except OSError as exc:
+                log.error("cannot lock %s (%s); serving from the store without caching", lock_path, exc)
+                await self._fetch(fill, None)
+                self._check_address(fill)
+                return
+            if fd is not None:
+                try:
+                    await self._own(fill, part_path)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(part_path)
+                    unlock(lock_path, fd)
+                return
+            if not tailing:
+                tailing = True
+                self.pending.count("coalesced_waiters")
+            self._tail(fill, part_path)
+            await asyncio.sleep(TAIL_POLL)
+
+    def _tail(self, fill: Fill, part_path: Path) -> None:
+        # Sync on the loop: the .part file was just written, so it is in the page cache.
+        try:
+            fd = os.open(part_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            data = os.pread(fd, fill.length - len(fill.buf), len(fill.buf))
+        finally:
+            os.close(fd)
+        if data:
+            fill.append(data)
+
+    async def _own(self, fill: Fill, part_path: Path) -> None:
+        spec = fill.spec
+        if spec.address is not None:
+            try:
+                data = self.store.load(spec.address, fill.length)
+            except CacheError:
+                data = None
+            if data is not None:  # another process finished it
+                if data[:len(fill.buf)] != fill.buf:
+                    raise UpstreamCorrupt("tailed bytes differ from the chunk", image_id=spec.image_id,
+                                          offset=spec.span.start)
+                fill.append(data[len(fill.buf):])
+                self.pending.touch(spec.address)
+                return
+        part_fd: int | None
+        try:
+            part_fd = os.open(part_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            if fill.buf:
+                await self._io(os.write, part_fd, bytes(fill.buf))
+        except OSError as exc:
+            log.error("cannot write %s (%s); serving from the store without caching", part_path, exc)
+            part_fd = None
+        try:
+            part_fd = await self._fetch(fill, part_fd)
+            address = self._check_address(fill)
+            fill.mark_verified()
+            if part_fd is None:
+                return
+            fd, part_fd = part_fd, None
+            # The thread must be done with part_path before the caller removes it, even
+            # if this task is cancelled meanwhile.
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._publish, fd, part_path, address, bytes(fill.buf))
+            try:
+                outcome = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait([future])
+                raise
+        finally:
+            if part_fd is not None:
+                os.close(part_fd)
+        self.pending.count("fills")
+        if outcome is WriteOutcome.COLLISION:
+            log.warning("chunk %s of image %s collides with a different cached chunk; not shared",
+                        address.hex(), spec.image_id)
+            self.pending.count("collisions")
+            self.pending.learn(spec.image_id, spec.index, None)
+            return
+        if outcome is not None:
+            self.pending.present(address, fill.length)
+            self.pending.modified(spec.image_id)
+            if spec.address is None:
+                self.pending.learn(spec.image_id, spec.index, address)
+
+    def _publish(self, fd: int, part_path: Path, address: bytes, data: bytes) -> WriteOutcome | None:
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return self.store.publish(part_path, address, data)
+        except OSError as exc:
+            log.error("cannot store chunk %s (%s); it stays uncached", address.hex(), exc)
+            return None
+
+    def _check_address(self, fill: Fill) -> bytes:
+        address = address_of(fill.buf)
+        if fill.spec.address is not None and address != fill.spec.address:
+            raise UpstreamCorrupt(
+                f"store bytes of chunk {fill.spec.index} do not match the manifest",
+                image_id=fill.spec.image_id, offset=fill.spec.span.start)
+        return address
+
+    async def _fetch(self, fill: Fill, part_fd: int | None) -> int | None:
+        """Read the rest of the chunk upstream into ``fill`` (and ``part_fd``); return ``part_fd``
+        (``None`` if writing it failed)."""
+        spec = fill.spec
+        failures = 0
+        while len(fill.buf) < fill.length:
+            start = spec.span.start + len(fill.buf)
+            it = spec.source.read(spec.location, ByteRange(start, spec.span.end))
+            progressed = False
+            try:
+                while len(fill.buf) < fill.length:
+                    try:
+                        async with asyncio.timeout(self.stall_timeout):
+                            piece = await anext(it)
+                    except StopAsyncIteration:
+                        raise BackendError(f"store ended at {spec.span.start + len(fill.buf)}") from None
+                    piece = piece[:fill.length - len(fill.buf)]
+                    if not piece:
+                        continue
+                    fill.append(piece)
+                    progressed = True
+                    self.pending.count("bytes_upstream", len(piece))
+                    if part_fd is not None:
+                        try:
+                            await self._io(_write_all, part_fd, piece)
+                        except OSError as exc:
+                            log.error("cannot write fill file (%s); serving without caching", exc)
+                            os.close(part_fd)
+                            part_fd = None
+            except BackendNotFound as exc:
+                raise UpstreamFailed(str(exc), image_id=spec.image_id, offset=start) from exc
+            except (BackendError, OSError, TimeoutError) as exc:
+                failures = 1 if progressed else failures + 1
+                if failures > self.retries:
+                    raise UpstreamFailed(f"store failed after {self.retries} retries: {exc}",
+                                         image_id=spec.image_id, offset=spec.span.start + len(fill.buf)) from exc
+                self.pending.count("upstream_retries")
+                log.warning("store read of %s failed at %d (%s); retrying", spec.location,
+                            spec.span.start + len(fill.buf), exc)
+                await asyncio.sleep(min(0.02 * 2 ** failures, 1.0))
+            finally:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+        return part_fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

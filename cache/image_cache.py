@@ -1,0 +1,385 @@
+"""The facade the service uses: :class:`ImageCache`.
+
+One per worker process; several processes may share one cache directory and LMDB
+environment (fills are single-flight across them, see :mod:`cache.fill`). Runs on one
+event loop; blocking work goes to two bounded thread pools (``io``: fills, ingests;
+``bg``: index flushes and the loops), so a slow audit never delays a download.
+
+LMDB: named databases ``manifests``, ``chunks``, ``lru``, ``cache_meta``,
+``cache_images``, ``prefetch``. No write transaction is held across an ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from backends.base import ByteRange, ReadBackend
+
+from . import cleaner, pruner
+from .chunks import ChunkStore
+from .cleaner import AuditResult, CleanResult
+from .fill import FillRunner
+from .index import ChunkIndex, PendingWrites
+from .ingest import Ingest
+from .manifest import Manifest, ManifestTable
+from .prefetch import PrefetchQueue, PrefetchResult, Resolver, prefetch_all
+from .pruner import PruneResult
+from .reader import Pins, Reader
+
+__all__ = ["ImageCache", "PrefetchResult"]
+
+log = logging.getLogger("imgproxy.cache")
+
+
+class ImageCache:
+    """Content-addressed chunk cache in front of the image stores. See the module docs."""
+
+    def __init__(self, root: Path, env: lmdb.Environment, *, chunk_size: int, max_size: int,
+                 high_watermark: float, low_watermark: float, upstream_retries: int,
+                 audit_bytes_per_second: int, stale_temp_age: float, stall_timeout: float = 60.0,
+                 flush_interval: float = 1.0, io_threads: int = 4) -> None:
+        self.chunk_size = chunk_size
+        self.max_size = max_size
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self.audit_bytes_per_second = audit_bytes_per_second
+        self.stale_temp_age = stale_temp_age
+        self.flush_interval = flush_interval
+        self.env = env
+        self.store = ChunkStore(root)
+        self.index = ChunkIndex(env)
+        self.manifests = ManifestTable(env)
+        self.queue = PrefetchQueue(env)
+        self.pending = PendingWrites()
+        self.pins = Pins()
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="cache-io")
+        self._bg = ThreadPoolExecutor(2, thread_name_prefix="cache-bg")
+        self.runner = FillRunner(self.store, self.pending, self._io, retries=upstream_retries,
+                                 stall_timeout=stall_timeout, has_room=self._has_room)
+        self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_flush = time.monotonic()
+        self._flushing: asyncio.Future[None] | None = None
+        self._flush_lock = threading.Lock()
+        self._pruning: asyncio.Task[PruneResult] | None = None
+        self._prune_lock: asyncio.Lock | None = None
+        self._audit_cursor = b""
+        self._closed = False
+
+    # -- internals ------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("cache task failed: %r", task.exception())
+        if not self._closed:
+            self._after_activity()
+
+    def _total(self) -> int:
+        with self.env.begin() as txn:
+            return self.index.meta(txn, "total") + self.pending.pending_bytes()
+
+    def _has_room(self, size: int) -> bool:
+        """May ``size`` more bytes be cached now? (Thread-safe.)"""
+        return self.max_size > 0 and self._total() + size <= self.max_size
+
+    def _after_activity(self) -> None:
+        # Batch index writes: at most one flush per flush_interval, off the loop.
+        if self._flushing is None and time.monotonic() - self._last_flush >= self.flush_interval:
+            self._last_flush = time.monotonic()
+            fut = asyncio.get_running_loop().run_in_executor(self._bg, self.flush_access_times)
+            self._flushing = fut
+            fut.add_done_callback(lambda _: setattr(self, "_flushing", None))
+        if self._pruning is None and self._total() > self.high_watermark * self.max_size:
+            self._pruning = self._spawn(self.prune())
+            self._pruning.add_done_callback(lambda _: setattr(self, "_pruning", None))
+
+    async def _in_bg(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._bg, fn, *args)
+
+    # -- manifests --------------------------------------------------------------
+
+    def get_manifest(self, image_id: str) -> Manifest | None:
+        """The image's manifest, or ``None``. Addresses learned by recent fills may lag."""
+        with self.env.begin() as txn:
+            return self.manifests.get(txn, image_id)
+
+    def record_manifest(self, txn: lmdb.Transaction, image_id: str, manifest: Manifest) -> None:
+        """Store ``manifest`` (replacing any) and reference its chunks, in the caller's write txn.
+
+        Chunks only the replaced manifest referenced are evicted.
+        """
+        old = self.manifests.get(txn, image_id)
+        self.manifests.put(txn, image_id, manifest)
+        new = manifest.cacheable_addresses()
+        before = old.cacheable_addresses() if old is not None else set()
+        sizes = {a: manifest.chunk_range(i).length for i, a in enumerate(manifest.chunks) if a is not None}
+        self.index.incref(txn, ((a, sizes[a]) for a in new - before))
+        for address in self.index.decref(txn, before - new):
+            if self.index.mark_absent(txn, address):
+                self.store.remove(address)
+
+    def put_manifest(self, image_id: str, manifest: Manifest) -> None:
+        """:meth:`record_manifest` in a transaction of its own."""
+        with self.env.begin(write=True) as txn:
+            self.record_manifest(txn, image_id, manifest)
+
+    def forget_image(self, image_id: str) -> None:
+        """The image is gone: drop its manifest, queue entry and cache info, and the chunks
+        no other image references."""
+        self.flush_access_times()  # addresses learned by fills must be decref'd too
+        self.pending.forget_image(image_id)
+        removed = []
+        with self.env.begin(write=True) as txn:
+            old = self.manifests.delete(txn, image_id)
+            if old is not None:
+                for address in self.index.decref(txn, old.cacheable_addresses()):
+                    if self.index.mark_absent(txn, address):
+                        removed.append(address)
+            self.index.delete_image_info(txn, image_id)
+            self.queue.remove(image_id, txn)
+        for address in removed:
+            self.store.remove(address)
+
+    def evict_image(self, image_id: str) -> PruneResult:
+        """Remove the image's cached chunks that no other image shares (Glance's
+        ``DELETE /v2/cache/{image_id}``). The manifest stays: later reads refill."""
+        files = freed = 0
+        pinned = self.pins.snapshot()
+        self.flush_access_times()
+        removed = []
+        with self.env.begin(write=True) as txn:
+            manifest = self.manifests.get(txn, image_id)
+            if manifest is None:
+                return PruneResult()
+            for address in manifest.cacheable_addresses():
+                rec = self.index.get(txn, address)
+                if rec is not None and rec.present and rec.refs <= 1 and address not in pinned:
+                    freed += self.index.mark_absent(txn, address)
+                    removed.append(address)
+            self.index.delete_image_info(txn, image_id)
+        for address in removed:
+            files += self.store.remove(address)
+        return PruneResult(files, freed)
+
+    # -- bytes in and out ---------------------------------------------------------
+
+    def open_ingest(self, image_id: str) -> Ingest:
+        """Start caching an upload; see :class:`Ingest`. The caller finishes or aborts it,
+        then records the manifest (:meth:`record_manifest`) with the image."""
+        return Ingest(image_id, self.chunk_size, self.store, self.pending, self.pins, self._io, self._has_room)
+
+    async def read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
+                   location: str, *, count_hit: bool = True) -> AsyncIterator[bytes | memoryview]:
+        """Yield ``byte_range`` of the image (pieces <= 1 MiB, ``bytes`` or ``memoryview``).
+
+        Cached chunks come from disk (verified); missing ones from the fill already
+        bringing them or a new one reading ``location`` from ``source``. Raises
+        :class:`CacheError` (``UpstreamFailed``, ``UpstreamCorrupt``) mid-stream if the
+        bytes cannot be delivered: the caller must then abort the response. Raises
+        ``ValueError`` at once for a range past the end. Close the iterator if you stop
+        early; fills go on for other readers.
+        """
+        try:
+            async for piece in self.reader.read(image_id, manifest, byte_range, source, location,
+                                                count_hit=count_hit):
+                yield piece
+        finally:
+            if not self._closed:
+                self._after_activity()
+
+    # -- background work ----------------------------------------------------------
+
+    def flush_access_times(self) -> None:
+        """Write batched index changes (accesses, hits, new/dropped chunks, learned
+        addresses, stats) in one transaction. Sync; thread-safe. Returns after every
+        change made before the call is committed (flushes are serialized)."""
+        with self._flush_lock:
+            batch = self.pending.take()
+            try:
+                with self.env.begin(write=True) as txn:
+                    self.index.apply(txn, batch)
+                    self._apply_learned(txn, batch.learned)
+            except lmdb.Error as exc:
+                log.error("cannot write the cache index (%s); will retry", exc)
+                self.pending.give_back(batch)
+
+    def _apply_learned(self, txn: lmdb.Transaction, learned: dict[tuple[str, int], bytes | None]) -> None:
+        by_image: dict[str, list[tuple[int, bytes | None]]] = {}
+        for (image_id, index), address in learned.items():
+            by_image.setdefault(image_id, []).append((index, address))
+        for image_id, items in by_image.items():
+            manifest = self.manifests.get(txn, image_id)
+            if manifest is None:
+                continue
+            before = manifest.cacheable_addresses()
+            for index, address in items:
+                if index >= len(manifest.chunks):
+                    continue
+                if address is None:
+                    manifest = manifest.with_collision(index)
+                elif manifest.chunks[index] is None:
+                    manifest = manifest.with_chunk(index, address)
+            after = manifest.cacheable_addresses()
+            self.manifests.put(txn, image_id, manifest)
+            sizes = {a: manifest.chunk_range(i).length for i, a in enumerate(manifest.chunks) if a is not None}
+            self.index.incref(txn, ((a, sizes[a]) for a in after - before))
+            self.index.decref(txn, before - after)
+
+    async def prune(self) -> PruneResult:
+        """If over the high watermark, evict LRU chunks down to the low watermark."""
+        return await self._evict(int(self.high_watermark * self.max_size), int(self.low_watermark * self.max_size))
+
+    async def _evict(self, above: int, down_to: int) -> PruneResult:
+        if self._prune_lock is None:
+            self._prune_lock = asyncio.Lock()
+        async with self._prune_lock:
+            await self._in_bg(self.flush_access_times)
+            result: PruneResult = await self._in_bg(
+                lambda: pruner.evict(self.env, self.index, self.store, self.pins.snapshot(),
+                                     above=above, down_to=down_to))
+            if result.files:
+                self.pending.count("evicted_chunks", result.files)
+                self.pending.count("evicted_bytes", result.bytes)
+            return result
+
+    async def clear_cache(self) -> PruneResult:
+        """Evict every cached chunk not in use (manifests and the queue stay)."""
+        result = await self._evict(-1, 0)
+
+        def forget_hits() -> None:
+            with self.env.begin(write=True) as txn:
+                txn.drop(self.index.images_db, delete=False)
+
+        await self._in_bg(forget_hits)
+        return result
+
+    async def clean(self, *, stale_age: float | None = None) -> CleanResult:
+        """Start-up recovery and the cleaner loop's run; see :func:`cache.cleaner.clean`."""
+        await self._in_bg(self.flush_access_times)
+        age = self.stale_temp_age if stale_age is None else stale_age
+        result: CleanResult = await self._in_bg(
+            lambda: cleaner.clean(self.env, self.index, self.store, stale_age=age))
+        return result
+
+    async def audit(self, max_bytes: int | None = None) -> AuditResult:
+        """Re-hash up to ``max_bytes`` of cached chunks (default: 60 s worth at
+        ``audit_bytes_per_second``; 0 rate = unlimited speed, default one full pass)."""
+        rate = self.audit_bytes_per_second
+        limit = max_bytes if max_bytes is not None else (rate * 60 if rate > 0 else 1 << 62)
+        await self._in_bg(self.flush_access_times)
+        result, self._audit_cursor = await self._in_bg(
+            lambda: cleaner.audit(self.env, self.index, self.store, start=self._audit_cursor,
+                                  max_bytes=limit, bytes_per_second=rate))
+        self.pending.count("corrupt_chunks", result.corrupt)
+        return result  # type: ignore[no-any-return]
+
+    # -- prefetch -----------------------------------------------------------------
+
+    def queue_prefetch(self, image_id: str) -> bool:
+        """Queue the image for the prefetcher; False if it was queued already."""
+        return self.queue.add(image_id)
+
+    def dequeue_prefetch(self, image_id: str) -> bool:
+        return self.queue.remove(image_id)
+
+    def queued(self) -> list[str]:
+        """Queued image ids, oldest first."""
+        return self.queue.items()
+
+    def clear_queue(self) -> int:
+        return self.queue.clear()
+
+    async def prefetch_pending(self, resolve: Resolver, concurrency: int) -> PrefetchResult:
+        """Fill every queued image, ``concurrency`` at a time. ``resolve(image_id)`` gives
+        (manifest, source, location), or ``None`` if the image is gone (it is dequeued).
+        A fully cached image leaves the queue; a failed one stays for the next run."""
+        return await prefetch_all(self.queue, self.read, resolve, concurrency)
+
+    # -- reporting ----------------------------------------------------------------
+
+    def cached_images(self) -> list[dict[str, Any]]:
+        """Images with cached bytes: ``image_id``, ``hits``, ``last_accessed``,
+        ``last_modified`` (epoch seconds, 0 if never), ``size`` (cached bytes),
+        ``image_size``, ``complete`` (every chunk cached). Cost grows with the number
+        of manifests and chunks: for the admin API, not hot paths."""
+        self.flush_access_times()
+        out = []
+        with self.env.begin() as txn:
+            for image_id in self.manifests.image_ids(txn):
+                manifest = self.manifests.get(txn, image_id)
+                if manifest is None:
+                    continue
+                cached = 0
+                for i, address in enumerate(manifest.chunks):
+                    if address is None or i in manifest.collisions:
+                        continue
+                    rec = self.index.get(txn, address)
+                    if rec is not None and rec.present:
+                        cached += manifest.chunk_range(i).length
+                if cached == 0 and manifest.size > 0:
+                    continue
+                hits, access, modified = self.index.image_info(txn, image_id)
+                out.append({"image_id": image_id, "hits": hits, "last_accessed": access / 1e6,
+                            "last_modified": modified / 1e6, "size": cached, "image_size": manifest.size,
+                            "complete": cached == manifest.size})
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Cache-wide figures, summed over all processes sharing the cache: ``bytes_cached``,
+        ``chunks``, ``hits``, ``misses``, ``bytes_upstream``, ``bytes_served``,
+        ``coalesced_waiters``, ``fills``, ``fill_failures``, ``uncached_fills``,
+        ``upstream_retries``, ``corrupt_chunks``, ``collisions``, ``evicted_chunks``,
+        ``evicted_bytes``; plus this process's ``active_fills`` and ``queued``."""
+        self.flush_access_times()
+        names = ("hits", "misses", "bytes_upstream", "bytes_served", "coalesced_waiters", "fills",
+                 "fill_failures", "uncached_fills", "upstream_retries", "corrupt_chunks", "collisions",
+                 "evicted_chunks", "evicted_bytes")
+        with self.env.begin() as txn:
+            out = {"bytes_cached": self.index.meta(txn, "total"), "chunks": self.index.meta(txn, "count")}
+            for name in names:
+                out[name] = self.index.meta(txn, f"stat:{name}")
+            out["queued"] = txn.stat(self.queue.db)["entries"]
+        out["active_fills"] = self.reader.active_fills
+        return out
+
+    async def wait_idle(self) -> None:
+        """Wait until fills and loops started so far are done (readers may finish before
+        the chunk they read is stored and indexed). For tests and graceful shutdown."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
+
+    async def aclose(self) -> None:
+        """Stop fills (their waiters get :class:`CacheError`), flush, release threads."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
+        self.flush_access_times()
+        self._io.shutdown(wait=True)
+        self._bg.shutdown(wait=True)

@@ -1,0 +1,198 @@
+"""The upload side: cut a byte stream into chunks, hash and cache them in one pass.
+
+Each full chunk goes to two lanes of worker threads: md5+sha512 of the whole image
+(:class:`ImageDigests`, itself two threads), in order; and xxh3-128 + the chunk write
+(content-addressed, deduplicated after a byte comparison, fsynced), ``WRITE_DEPTH``
+at a time. The caller receives the next chunks meanwhile; memory stays at a few chunks.
+
+Nothing is referenced before :meth:`ImageCache.record_manifest` commits the manifest:
+an aborted or crashed ingest leaves at most unreferenced cached chunks, which the
+pruner may evict like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from .chunks import ChunkStore, WriteOutcome, address_of
+from .digests import ImageDigests
+from .errors import CacheError
+from .index import PendingWrites
+from .manifest import Manifest
+from .reader import Pins
+
+__all__ = ["Ingest"]
+
+log = logging.getLogger("imgproxy.cache")
+
+WRITE_DEPTH = 2  # chunk writes in flight per ingest
+
+
+class Ingest:
+    """One image's bytes on their way in. Not safe for concurrent use: feed in order.
+
+    ``feed`` (async) or ``feed_sync`` (blocking; from a worker thread) the body in any
+    piece sizes, then ``finish()`` for the :class:`Manifest`, or ``abort()``. After
+    either, the object is spent.
+    """
+
+    def __init__(self, image_id: str, chunk_size: int, store: ChunkStore, pending: PendingWrites,
+                 pins: Pins, executor: Executor, has_room: Callable[[int], bool]) -> None:
+        self.image_id = image_id
+        self.chunk_size = chunk_size
+        self._store = store
+        self._pending = pending
+        self._pins = pins
+        self._executor = executor
+        self._has_room = has_room
+        self._digests = ImageDigests()
+        self._buf = bytearray()
+        self._addresses: dict[int, bytes] = {}
+        self._next = 0  # index of the next chunk
+        self._collisions: set[int] = set()
+        self._stored: list[bytes] = []  # chunk files this ingest created
+        self._pinned: list[bytes] = []  # pinned until the manifest is recorded or dropped
+        self._digesting: asyncio.Future[None] | None = None
+        self._writes: deque[asyncio.Future[None]] = deque()
+        self._caching = True
+        self._closed = False
+        self.size = 0
+
+    # -- the per-chunk work (worker threads) -------------------------------------
+
+    def _cache_chunk(self, index: int, chunk: bytes) -> None:
+        address = address_of(chunk)
+        self._addresses[index] = address
+        if not self._caching:
+            return
+        if not self._has_room(len(chunk)):
+            log.warning("cache is full; image %s is stored without caching", self.image_id)
+            self._caching = False
+            return
+        try:
+            outcome = self._store.write(address, chunk)
+        except OSError as exc:
+            log.error("cannot cache chunks of image %s (%s); continuing without caching", self.image_id, exc)
+            self._caching = False
+            return
+        if outcome is WriteOutcome.COLLISION:
+            log.warning("chunk %d of image %s collides with a different cached chunk; not shared", index, self.image_id)
+            self._pending.count("collisions")
+            self._collisions.add(index)
+            return
+        self._pins.add(address)
+        self._pinned.append(address)
+        if outcome is WriteOutcome.STORED:
+            self._stored.append(address)
+        self._pending.present(address, len(chunk))
+
+    def _process_sync(self, index: int, chunk: bytes) -> None:
+        self._digests.update(chunk)
+        self._cache_chunk(index, chunk)
+
+    async def _submit(self, chunk: bytes) -> None:
+        # Two lanes on worker threads: digests strictly in order, one chunk at a time;
+        # chunk writes (fsync-bound) up to WRITE_DEPTH at once, so the disk stays busy
+        # while the next chunks are hashed and received.
+        index, self._next = self._next, self._next + 1
+        loop = asyncio.get_running_loop()
+        if self._digesting is not None:
+            await self._digesting
+        self._digesting = loop.run_in_executor(self._executor, self._digests.update, chunk)
+        while len(self._writes) >= WRITE_DEPTH:
+            await self._writes.popleft()
+        self._writes.append(loop.run_in_executor(self._executor, self._cache_chunk, index, chunk))
+
+    # -- feeding ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError("ingest is finished", image_id=self.image_id)
+
+    async def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add the next piece of the image.
+
+        Cache trouble (full, disk errors) only stops caching: the digests and chunk
+        addresses are still computed, and the manifest is still complete.
+        """
+        self._check_open()
+        self._buf += data
+        self.size += len(data)
+        while len(self._buf) >= self.chunk_size:
+            chunk = bytes(self._buf[:self.chunk_size])
+            del self._buf[:self.chunk_size]
+            await self._submit(chunk)
+
+    def feed_sync(self, data: bytes | bytearray | memoryview) -> None:
+        """Blocking :meth:`feed`, for callers on a worker thread. Do not mix with :meth:`feed`."""
+        self._check_open()
+        self._buf += data
+        self.size += len(data)
+        while len(self._buf) >= self.chunk_size:
+            chunk = bytes(self._buf[:self.chunk_size])
+            del self._buf[:self.chunk_size]
+            self._process_sync(self._next, chunk)
+            self._next += 1
+
+    async def _drain(self) -> None:
+        pending = [f for f in (self._digesting,) if f is not None] + list(self._writes)
+        self._digesting = None
+        self._writes.clear()
+        for future in pending:
+            await future
+
+    async def finish(self) -> Manifest:
+        """Process the last partial chunk and return the image's manifest (not yet recorded)."""
+        self._check_open()
+        if self._buf:
+            await self._submit(bytes(self._buf))
+            self._buf.clear()
+        await self._drain()
+        return self._seal()
+
+    def finish_sync(self) -> Manifest:
+        self._check_open()
+        if self._buf:
+            self._process_sync(self._next, bytes(self._buf))
+            self._next += 1
+            self._buf.clear()
+        return self._seal()
+
+    def _seal(self) -> Manifest:
+        self._closed = True
+        self._digests.close()
+        self._unpin()
+        self._pending.modified(self.image_id)
+        chunks = tuple(self._addresses[i] for i in range(self._next))
+        return Manifest(self.size, self.chunk_size, chunks, self._digests.checksum,
+                        self._digests.os_hash_value, frozenset(self._collisions))
+
+    def _unpin(self) -> None:
+        pinned, self._pinned = self._pinned, []
+        for address in pinned:
+            self._pins.remove(address)
+
+    async def abort(self) -> None:
+        """Discard the ingest: remove the chunk files it created. Safe to call twice."""
+        try:
+            await self._drain()
+        except Exception:
+            pass
+        if self._closed:
+            return
+        self._closed = True
+        self._digests.close()
+        stored, self._stored = self._stored, []
+        self._unpin()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._drop, stored)
+
+    def _drop(self, stored: list[bytes]) -> None:
+        # Chunks created by this ingest have no references yet (they may if another
+        # image recorded the same bytes meanwhile: the index then keeps them).
+        for address in stored:
+            self._pending.dropped(address)
+            self._store.remove(address)
