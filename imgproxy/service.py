@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lmdb
 
 from backends import Backends
+from cache import ImageCache
 
 from .auth import Authenticator, NoAuth
 from .db import open_env
+from .loops import start_loops
 from .registry import Registry
 from .settings import Settings
 
-__all__ = ["Service", "open_service"]
+__all__ = ["Service", "open_service", "open_cache"]
 
 log = logging.getLogger("imgproxy")
 
@@ -28,8 +31,14 @@ class Service:
     registry: Registry
     backends: Backends
     auth: Authenticator
+    cache: ImageCache
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.cache.aclose()
         await self.backends.aclose()
         self.auth.close()
         self.env.close()
@@ -43,10 +52,51 @@ def open_authenticator(settings: Settings) -> Authenticator:
     return TokensAuth(settings.data_dir / "tokens.json")
 
 
-async def open_service(settings: Settings) -> Service:
+def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
+    return ImageCache(
+        settings.data_dir / "cache",
+        env,
+        chunk_size=settings.chunk_size,
+        max_size=settings.cache_max_size,
+        high_watermark=settings.cache_high_watermark,
+        low_watermark=settings.cache_low_watermark,
+        upstream_retries=settings.upstream_retries,
+        audit_bytes_per_second=settings.audit_bytes_per_second,
+        stale_temp_age=settings.stale_temp_age,
+        stall_timeout=settings.upstream_timeout,
+    )
+
+
+async def _recover(service: Service) -> None:
+    """Start-up recovery: crash leftovers in the store and the cache go."""
+    store = service.backends.default
+    sweep = getattr(store, "sweep_temp", None)
+    if sweep is not None:
+        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
+        if removed:
+            log.info("removed %d stale temp files from the store", removed)
+    result = await service.cache.clean()
+    log.info("cache recovery: %s", result)
+
+
+async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = open_env(settings.data_dir, settings.lmdb_map_size)
     registry = Registry(env)
     backends = Backends(settings.store_url, settings.extra)
     auth = open_authenticator(settings)
-    return Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth)
+    cache = open_cache(settings, env)
+    service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache)
+    if loops:
+        await _recover(service)
+        from .sources import prefetch_queued
+
+        service.tasks = start_loops(
+            {
+                "prune": (settings.prune_interval, service.cache.prune),
+                "clean": (settings.clean_interval, service.cache.clean),
+                "audit": (settings.clean_interval, service.cache.audit),
+                "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
+            }
+        )
+    return service

@@ -241,24 +241,33 @@ def test_deactivated_image_only_admin_downloads(
     assert owner.get(f"/v2/images/{image_id}/file").content == data
 
 
+def drop_cached_chunks(server: ServerProcess) -> None:
+    for chunk in (server.data_dir / "cache" / "chunks").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+
+
 def test_missing_store_object_is_an_error_not_a_short_body(
     server: ServerProcess, owner: httpx.Client
 ) -> None:
     image_id = create_image(owner)
     assert upload(owner, image_id, payload(5000, 4)).status_code == 204
     os.truncate(server.data_dir / "images" / image_id, 100)
+    # The upload cached the bytes; drop the cached chunks so the read must go to the store.
+    drop_cached_chunks(server)
     response = owner.get(f"/v2/images/{image_id}/file")
-    assert response.status_code == 500
-    assert response.json()["error"]["code"] == 500
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == 503
 
 
 def test_store_failure_mid_stream_drops_the_connection(
     server: ServerProcess, owner: httpx.Client
 ) -> None:
-    """The file shrinks after the response started: the client sees a broken transfer, not a short 200."""
+    """The store file shrinks after the response started: the client sees a broken transfer, not a short 200."""
     size = 16 * MiB
     image_id = create_image(owner)
     assert upload(owner, image_id, payload(size, 5)).status_code == 204
+    drop_cached_chunks(server)  # so the bytes must come from the store, chunk by chunk
     token = owner.headers["X-Auth-Token"]
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # before connect, so it bounds the window

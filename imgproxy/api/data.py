@@ -1,14 +1,17 @@
 """Image data: ``PUT``/``GET``/``HEAD /v2/images/{image_id}/file``.
 
-Upload streams the body once: counted against ``image_size_cap``, hashed (md5
-``checksum``, sha512 ``os_hash_value``) and written to the writable store, never
-held whole in memory. The image turns ``active`` only after the store committed
-the bytes; any failure (cap exceeded, client gone, store error) aborts the write
-and puts the image back to ``queued``, leaving nothing stored.
+Upload streams the body once, never held whole in memory: counted against
+``image_size_cap``, cut into chunks that go into the cache (which hashes md5
+``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass)
+while the same pieces go to the writable store. The image turns ``active`` only
+after the store committed the bytes, in the transaction that records its manifest;
+any failure (cap exceeded, client gone, store error) aborts both and puts the
+image back to ``queued``, leaving nothing referenced.
 
-Download streams from the store of the image's first location, whole or one
-``Range``. A store failure after the status line was sent aborts the connection,
-so a client never mistakes a truncated body for a complete one.
+Download reads through the cache, whole or one ``Range``: cached chunks from disk,
+missing ones from a fill shared by every reader. A failure after the status line
+was sent aborts the connection, so a client never mistakes a truncated body for a
+complete one.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyio import CancelScope, to_thread
+from anyio import CancelScope
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from backends import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, WriteBackend, Writer
-from cache.digests import ImageDigests
+from cache import OS_HASH_ALGO, CacheError, Ingest, UpstreamCorrupt
 
 from ..errors import (
     ApiError,
+    BadGateway,
     BadRequest,
     Forbidden,
     Gone,
@@ -39,12 +43,20 @@ from ..errors import (
 )
 from ..ranges import content_range, parse_range
 from ..service import Service
+from ..sources import resolve_source
 
 __all__ = ["routes", "upload", "download"]
 
 log = logging.getLogger("imgproxy.data")
 
 _NO_DATA_STATUSES = frozenset({"queued", "saving"})
+
+
+def _cache_error(exc: CacheError) -> ApiError:
+    """A read through the cache failed before any byte was sent."""
+    if isinstance(exc, UpstreamCorrupt):
+        return BadGateway(f"The image store returned data that does not match the image: {exc}")
+    return ServiceUnavailable(f"The image data could not be read from its store: {exc}")
 
 
 def _store_error(exc: BackendError, action: str) -> ApiError:
@@ -70,8 +82,8 @@ def _declared_length(request: Request) -> int | None:
     return value
 
 
-async def _receive_into(request: Request, writer: Writer, digests: ImageDigests, cap: int) -> int:
-    """Stream the body into ``writer`` and ``digests`` in pieces of ``PIECE_SIZE``; return its size.
+async def _receive_into(request: Request, writer: Writer, ingest: Ingest, cap: int) -> int:
+    """Stream the body into ``writer`` and ``ingest`` in pieces of ``PIECE_SIZE``; return its size.
 
     Raises PayloadTooLarge past ``cap``, ClientDisconnect if the client goes away
     (a short body ends that way too), BackendError from the store.
@@ -82,9 +94,8 @@ async def _receive_into(request: Request, writer: Writer, digests: ImageDigests,
     async def flush() -> None:
         piece = bytes(buffer)
         buffer.clear()
-        # Hashing blocks (md5 and sha512 on two threads): keep it off the event loop,
-        # and let the store write the same piece meanwhile.
-        await asyncio.gather(to_thread.run_sync(digests.update, piece), writer.write(piece))
+        # The cache hashes and writes chunks in its threads while the store writes the same piece.
+        await asyncio.gather(ingest.feed(piece), writer.write(piece))
 
     async for part in request.stream():
         size += len(part)
@@ -140,15 +151,17 @@ async def _store_body(
     except BackendError as exc:
         service.registry.fail_upload(image_id)
         raise _store_error(exc, "store the image data") from exc
-    digests = ImageDigests()
+    ingest = service.cache.open_ingest(image_id)
     try:
-        size = await _receive_into(request, writer, digests, cap)
+        size = await _receive_into(request, writer, ingest, cap)
         if declared is not None and size != declared:
             raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+        manifest = await ingest.finish()
         location = await writer.commit()
     except BaseException as exc:
         # Whatever ended the upload (client gone, cap, store, cancellation), nothing stays.
         with CancelScope(shield=True):
+            await ingest.abort()
             await writer.abort()
             service.registry.fail_upload(image_id)
         if isinstance(exc, ClientDisconnect):
@@ -157,17 +170,17 @@ async def _store_body(
         if isinstance(exc, BackendError):
             raise _store_error(exc, "store the image data") from exc
         raise
-    finally:
-        digests.close()
 
+    assert manifest.checksum is not None and manifest.os_hash_value is not None
     try:
         active = service.registry.finish_upload(
             image_id,
             size=size,
-            checksum=digests.checksum,
-            os_hash_algo=digests.os_hash_algo,
-            os_hash_value=digests.os_hash_value,
+            checksum=manifest.checksum,
+            os_hash_algo=OS_HASH_ALGO,
+            os_hash_value=manifest.os_hash_value,
             location=location,
+            also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
         )
     except BaseException:
         with CancelScope(shield=True):
@@ -192,15 +205,17 @@ async def _delete_quietly(store: WriteBackend, location: str) -> None:
 
 
 class ImageDataResponse(Response):
-    """Streams store pieces; closes the store iterator whatever happens.
+    """Streams image pieces from the cache; closes the iterator whatever happens.
 
-    A store error after the status line was sent is re-raised so the server drops
+    A cache error after the status line was sent is re-raised so the server drops
     the connection (the body is shorter than its Content-Length: the client sees
     an error, never a clean short response). A client that goes away ends the
     stream quietly.
     """
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], status_code: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, first: bytes | memoryview, rest: AsyncIterator[bytes | memoryview], status_code: int, headers: dict[str, str]
+    ) -> None:
         self._first = first
         self._rest = rest
         self.status_code = status_code
@@ -219,8 +234,8 @@ class ImageDataResponse(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except OSError:
                 return  # the client went away (uvicorn raises ClientDisconnected, an OSError)
-            except BackendError as exc:
-                log.error("image data stream from %s failed mid-response: %s", exc.location or "store", exc)
+            except CacheError as exc:
+                log.error("image %s data stream failed mid-response at offset %d: %s", exc.image_id, exc.offset, exc)
                 raise
         finally:
             await self._rest.aclose()  # type: ignore[attr-defined]
@@ -235,17 +250,15 @@ async def download(request: Request) -> Response:
     record = service.registry.get_visible(ctx, image_id)
     if record.get("status") == "deactivated" and not ctx.is_admin:
         raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-    locations = record.get("_locations") or []
-    if record.get("status") in _NO_DATA_STATUSES or not locations:
+    if record.get("status") in _NO_DATA_STATUSES:
         return Response(status_code=204)
-    location: str = locations[0]["url"]
     try:
-        backend = service.backends.for_location(location)
-        size = record.get("size")
-        if size is None:
-            size = await backend.size(location)
+        source = await resolve_source(service, record)
     except BackendError as exc:
         raise _store_error(exc, "read the image data") from exc
+    if source is None:
+        return Response(status_code=204)
+    size = source.manifest.size
 
     # If-Range names a validator we never send, so it cannot match: serve everything.
     range_header = None if "if-range" in request.headers else request.headers.get("range")
@@ -255,27 +268,25 @@ async def download(request: Request) -> Response:
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
 
-    # Always ask for explicit bounds: a store object shorter than the record says
-    # then fails the read instead of ending in a clean short body.
     wanted = byte_range or ByteRange(0, size)
-    body = backend.read(location, wanted)
+    body = service.cache.read(image_id, source.manifest, wanted, source.backend, source.location)
     try:
         # Read the first piece before answering, so a missing object or a dead store
         # is an HTTP error rather than a dropped connection.
         first = await _first_piece(body, wanted)
-    except BackendError as exc:
+    except CacheError as exc:
         await body.aclose()  # type: ignore[attr-defined]
-        raise _store_error(exc, "read the image data") from exc
+        raise _cache_error(exc) from exc
     return ImageDataResponse(first, body, status, headers)
 
 
-async def _first_piece(body: AsyncIterator[bytes], wanted: ByteRange) -> bytes:
+async def _first_piece(body: AsyncIterator[bytes | memoryview], wanted: ByteRange) -> bytes | memoryview:
     if wanted.length == 0:
         return b""
     try:
         return await body.__anext__()
     except StopAsyncIteration:
-        raise BackendUnavailable("the store returned no data") from None
+        raise CacheError("the cache returned no data") from None
 
 
 def _download_headers(record: dict[str, Any], size: int, byte_range: ByteRange | None) -> dict[str, str]:

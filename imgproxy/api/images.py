@@ -151,6 +151,7 @@ async def delete_image(request: Request) -> Response:
     service.registry.get_visible(ctx, image_id)
     policy.check_write_role(ctx)
     old = await run_in_threadpool(lambda: service.registry.delete(image_id, ctx=ctx))
+    await run_in_threadpool(service.cache.forget_image, image_id)
     task = BackgroundTask(_delete_data, service, image_id, list(old.get("_locations") or []))
     return Response(status_code=204, background=task)
 
