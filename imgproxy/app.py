@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import cache_api, data, images, info, members, versions
+from .api import cache_api, data, images, info, locations, members, versions
 from .errors import ApiError, Unauthorized, error_response
 from .service import Service, open_service
 from .settings import Settings
@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
         *images.routes,
         *members.routes,
         *data.routes,
+        *locations.routes,
         *info.routes,
         *cache_api.routes,
     ]

@@ -13,6 +13,7 @@ from cache import ImageCache
 
 from .auth import Authenticator, NoAuth
 from .db import open_env
+from .locations import LocationPasses
 from .loops import start_loops
 from .registry import Registry
 from .settings import Settings
@@ -33,8 +34,13 @@ class Service:
     auth: Authenticator
     cache: ImageCache
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    locations: LocationPasses = field(init=False)  # background passes of images added by URL
+
+    def __post_init__(self) -> None:
+        self.locations = LocationPasses(self)
 
     async def aclose(self) -> None:
+        await self.locations.aclose()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -99,4 +105,5 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
                 "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
             }
         )
+        service.locations.resume()
     return service

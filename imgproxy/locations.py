@@ -1,0 +1,188 @@
+"""Background passes over images registered by location (``POST /v2/images/{id}/locations``).
+
+An image whose bytes live at an http(s) URL is read once, whole, through the cache (so
+the pass also fills it), hashing md5 + sha512 on the way:
+
+- **digest** pass (no validation data given): the image is ``saving``; on success it
+  turns ``active`` with the digests, in the transaction that also stores them in its
+  manifest. On upstream failure it goes back to ``queued`` without the location.
+- **verify** pass (validation data given): the image is already ``active``; a digest
+  that differs from the client's turns it ``killed`` (and drops its cached chunks).
+  An upstream failure leaves the pass owed, retried at the next start-up; downloads
+  meanwhile still fill chunk by chunk.
+
+The passes are tasks of the service, never of a request: they go on when the client
+that registered the location has gone. Which passes are owed is in LMDB
+(``Registry.location_passes``), so a restart resumes them. Across worker processes a
+pass runs in one process only (an ``flock`` per image under ``<data>/location-passes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from backends import BackendError, ByteRange
+from cache import CacheError, ImageDigests, Manifest
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["LocationPasses"]
+
+log = logging.getLogger("imgproxy.locations")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """Hold a non-blocking ``flock`` on ``path``; yields False if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    finally:
+        os.close(fd)
+
+
+class LocationPasses:
+    """The running passes of one worker process. Lives on the event loop; not thread-safe.
+
+    :meth:`start` spawns a pass; :meth:`resume` spawns every owed pass (start-up);
+    :meth:`aclose` cancels them (they stay owed in LMDB and resume at the next start).
+    """
+
+    def __init__(self, service: "Service") -> None:
+        self.service = service
+        self.lock_dir = service.settings.data_dir / "location-passes"
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, image_id: str, url: str, mode: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(image_id, url, mode),
+                                                      name=f"location-{mode}-{image_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def resume(self) -> int:
+        """Start every pass owed in LMDB; returns how many."""
+        owed = self.service.registry.location_passes()
+        for image_id, url, mode in owed:
+            self.start(image_id, url, mode)
+        if owed:
+            log.info("resuming %d location passes", len(owed))
+        return len(owed)
+
+    async def wait(self) -> None:
+        """Wait for the passes started so far (tests, graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _guarded(self, image_id: str, url: str, mode: str) -> None:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with _exclusive(self.lock_dir / f"{image_id}.lock") as mine:
+                # Another worker runs it, or ran it between our listing and our lock.
+                if not mine or (image_id, url, mode) not in self.service.registry.location_passes():
+                    return
+                await self._run(image_id, url, mode)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("location %s pass of image %s failed unexpectedly; retried at next start", mode, image_id)
+
+    async def _run(self, image_id: str, url: str, mode: str) -> None:
+        service = self.service
+        record = service.registry.get(image_id)
+        size = record.get("size") if record else None
+        if record is None or size is None or record.get("status") == "deleted":
+            service.registry.drop_location(image_id, url)  # only forgets the owed pass
+            return
+        try:
+            digests = await self._read_all(record, url, int(size))
+        except (CacheError, BackendError) as exc:
+            if mode == "digest":
+                service.registry.drop_location(image_id, url)
+                service.cache.forget_image(image_id)
+                log.error("image %s: could not read %s (%s); image is queued again without it", image_id, url, exc)
+            else:
+                log.error("image %s: could not verify %s (%s); retried at next start", image_id, url, exc)
+            return
+        if mode == "digest":
+            self._activate(image_id, url, digests)
+        else:
+            self._verify(record, url, digests)
+
+    async def _read_all(self, record: dict[str, Any], url: str, size: int) -> ImageDigests:
+        """Read the whole image through the cache (filling it); return its digests."""
+        service = self.service
+        image_id: str = record["id"]
+        backend = service.backends.for_location(url)
+        manifest = service.cache.get_manifest(image_id)
+        if manifest is None or manifest.size != size:
+            manifest = Manifest.unknown(size, service.settings.chunk_size, checksum=record.get("checksum"),
+                                        os_hash_value=record.get("os_hash_value"))
+            service.cache.put_manifest(image_id, manifest)
+        digests = ImageDigests()
+        try:
+            async for piece in service.cache.read(image_id, manifest, ByteRange(0, size), backend, url,
+                                                  count_hit=False):
+                await asyncio.to_thread(digests.update, piece)
+        finally:
+            digests.close()
+        if digests.size != size:
+            raise BackendError(f"read {digests.size} of {size} bytes")
+        return digests
+
+    def _activate(self, image_id: str, url: str, digests: ImageDigests) -> None:
+        cache = self.service.cache
+        cache.flush_access_times()  # fold addresses learned by the pass into the manifest first
+
+        def record_digests(txn: lmdb.Transaction) -> None:
+            manifest = cache.manifests.get(txn, image_id)
+            if manifest is not None:
+                cache.record_manifest(txn, image_id, dataclasses.replace(
+                    manifest, checksum=digests.checksum, os_hash_value=digests.os_hash_value))
+
+        active = self.service.registry.activate_location(
+            image_id, url, checksum=digests.checksum, os_hash_algo=digests.os_hash_algo,
+            os_hash_value=digests.os_hash_value, also=record_digests)
+        if active is None:
+            log.info("image %s changed during its digest pass; digests discarded", image_id)
+        else:
+            log.info("image %s is active: %d bytes from %s", image_id, digests.size, url)
+
+    def _verify(self, record: dict[str, Any], url: str, digests: ImageDigests) -> None:
+        image_id: str = record["id"]
+        expected_md5 = record.get("checksum")
+        if digests.os_hash_value != record.get("os_hash_value") or (
+            expected_md5 and digests.checksum != expected_md5
+        ):
+            self.service.registry.kill_location(image_id, url)
+            self.service.cache.forget_image(image_id)
+            log.error("image %s: data at %s does not match its validation data (sha512 %s, md5 %s); killed",
+                      image_id, url, digests.os_hash_value, digests.checksum)
+            return
+        self.service.registry.end_verify(image_id, url, checksum=digests.checksum)
+        log.info("image %s: data at %s verified", image_id, url)
