@@ -91,6 +91,10 @@ def _sweep_fills(store: ChunkStore) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(part)
             removed += 1
+        # A learned address left for other processes' fills; the index has it by now.
+        for name in (f"{key}.addr", f"{key}.addr-tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.fills_dir / name)
         unlock(lock_path, fd)
     return removed
 

@@ -34,6 +34,7 @@ from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, 
 from .chunks import ChunkStore, WriteOutcome, address_of
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
 from .index import PendingWrites
+from .manifest import ADDRESS_SIZE
 
 __all__ = ["Fill", "FillSpec", "FillRunner", "try_lock", "unlock"]
 
@@ -230,9 +231,13 @@ class FillRunner:
 
     async def _own(self, fill: Fill, part_path: Path) -> None:
         spec = fill.spec
-        if spec.address is not None:
+        addr_path = part_path.with_suffix(".addr")
+        # An address learned by another process's fill of this chunk is only in its memory
+        # until its next index flush; it leaves the address beside the lock for us.
+        known = spec.address if spec.address is not None else _read_address(addr_path)
+        if known is not None:
             try:
-                data = self.store.load(spec.address, fill.length)
+                data = self.store.load(known, fill.length)
             except CacheError:
                 data = None
             if data is not None:  # another process finished it
@@ -240,7 +245,7 @@ class FillRunner:
                     raise UpstreamCorrupt("tailed bytes differ from the chunk", image_id=spec.image_id,
                                           offset=spec.span.start)
                 fill.append(data[len(fill.buf):])
-                self.pending.touch(spec.address)
+                self.pending.touch(known)
                 return
         part_fd: int | None
         try:
@@ -281,6 +286,8 @@ class FillRunner:
             self.pending.modified(spec.image_id)
             if spec.address is None:
                 self.pending.learn(spec.image_id, spec.index, address)
+                with contextlib.suppress(OSError):
+                    _write_address(addr_path, address)
 
     def _publish(self, fd: int, part_path: Path, address: bytes, data: bytes) -> WriteOutcome | None:
         try:
@@ -347,6 +354,20 @@ class FillRunner:
                     with contextlib.suppress(Exception):
                         await aclose()
         return part_fd
+
+
+def _read_address(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if len(data) == ADDRESS_SIZE else None
+
+
+def _write_address(path: Path, address: bytes) -> None:
+    tmp = path.with_suffix(".addr-tmp")
+    tmp.write_bytes(address)
+    os.replace(tmp, path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

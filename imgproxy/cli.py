@@ -7,6 +7,7 @@ Exit codes: 0 success (also after a clean SIGTERM/SIGINT shutdown of ``serve``),
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -115,9 +116,50 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_implemented(args: argparse.Namespace) -> int:
-    print(f"imgproxy: '{args.command} {args.action}' is not implemented yet", file=sys.stderr)
-    return 1
+async def _run_cache_action(settings: Settings, action: str, stale_age: float | None) -> str:
+    """Open the service's resources without HTTP or loops, run one cache action, close.
+
+    Safe while a server runs on the same data dir: LMDB is multi-process, fills are
+    single-flight across processes, and the cleaner only removes temp files of dead
+    processes (or older than the stale age).
+    """
+    from .service import open_service
+    from .sources import prefetch_queued
+
+    service = await open_service(settings, loops=False)
+    try:
+        cache = service.cache
+        if action == "prune":
+            pruned = await cache.prune()
+            return f"pruned {pruned.files} chunk files, {pruned.bytes} bytes"
+        if action == "clean":
+            age = settings.stale_temp_age if stale_age is None else stale_age
+            store_temp = 0
+            sweep = getattr(service.backends.default, "sweep_temp", None)
+            if sweep is not None:
+                store_temp = await asyncio.to_thread(sweep, age)
+            cleaned = await cache.clean(stale_age=age)
+            return (
+                f"cleaned {cleaned.temp_files} temp files, {cleaned.fill_files} fill files, "
+                f"{cleaned.orphans_removed} orphan chunks, {store_temp} store temp files; "
+                f"adopted {cleaned.adopted} chunks, {cleaned.missing} index entries had no file"
+            )
+        queued = len(cache.queued())
+        fetched = await prefetch_queued(service)
+        await cache.wait_idle()
+        return f"prefetched {queued} queued images: {fetched}"
+    finally:
+        await service.aclose()
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``imgproxy cache prune|clean|prefetch``: one run of that loop; prints one line."""
+    settings = _settings_from_args(args)
+    if not (settings.data_dir / "meta" / "data.mdb").exists():
+        raise SettingsError("data_dir", f"{settings.data_dir} holds no imgproxy data")
+    line = asyncio.run(_run_cache_action(settings, args.action, getattr(args, "stale_age", None)))
+    print(f"imgproxy cache {args.action}: {line}")
+    return 0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -139,17 +181,25 @@ def _add_token_commands(sub: Any) -> None:
 
 
 def _add_cache_commands(sub: Any) -> None:
-    """The ``cache`` group: one-shot runs of the background loops (wired up by the cache work)."""
+    """The ``cache`` group: one-shot runs of the background loops, next to a running server or not."""
     cache = sub.add_parser("cache", help="run a cache loop once")
     actions = cache.add_subparsers(dest="action", required=True)
     for name, text in (
-        ("prune", "evict least-recently-used chunks down to the low watermark"),
-        ("clean", "remove stale temp files and orphan chunks"),
+        ("prune", "evict least-recently-used chunks down to the low watermark (if over the high one)"),
+        ("clean", "remove stale temp files and orphan chunks, adopt complete ones, fix the index"),
         ("prefetch", "fill the queued images"),
     ):
         p = actions.add_parser(name, help=text)
         _add_common(p)
-        p.set_defaults(func=cmd_not_implemented)
+        if name == "clean":
+            p.add_argument(
+                "--stale-age",
+                type=float,
+                default=None,
+                help="seconds after which a temp file counts as a leftover (default: stale_temp_age); "
+                "files of dead processes go whatever their age",
+            )
+        p.set_defaults(func=cmd_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

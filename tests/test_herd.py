@@ -141,10 +141,6 @@ def test_herd_across_two_workers_known_addresses(server_factory: Callable[..., S
     run_herd(server, store, quitter=True, evict_first=True)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "cache/fill.py FillRunner._own: a chunk whose address is still unknown (first fill of an "
-    "image added by URL) is fetched again by a second process that takes the lock after the "
-    "first released it, because the learned address is only in the first process's memory"))
 def test_herd_across_two_workers_first_fill(server_factory: Callable[..., ServerProcess],
                                             nginx_store_factory: Callable[..., NginxStore]) -> None:
     store = nginx_store_factory(limit_rate=SLOW)

@@ -13,8 +13,9 @@ from .common import json_response
 __all__ = ["routes", "versions_document"]
 
 # Newest first, as Glance lists them; every v2.N is served by the same /v2 API.
-_CURRENT = "v2.17"
-_VERSIONS = ("v2.17", "v2.16", "v2.15", "v2.14", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9", "v2.8",
+# v2.18 (cache clean/prune) is what Glance lists when its cache is enabled; ours always is.
+_CURRENT = "v2.18"
+_VERSIONS = ("v2.18", "v2.17", "v2.16", "v2.15", "v2.14", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9", "v2.8",
              "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0")  # fmt: skip
 
 
