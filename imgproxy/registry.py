@@ -31,6 +31,7 @@ import lmdb
 import xxhash
 
 from . import policy
+from .owners import current_owner, owner_alive
 from .context import RequestContext
 from .errors import Conflict, Forbidden, NotFound
 from .status import check_transition
@@ -286,7 +287,7 @@ class Registry:
             policy.check_modify(ctx, old)
             if old["status"] != "queued":
                 raise Conflict(f"Image {image_id} is not queued (status {old['status']}); its data cannot be uploaded.")
-            new = dict(old, status="saving", updated_at=utc_now()[0])
+            new = dict(old, status="saving", updated_at=utc_now()[0], _upload_owner=current_owner())
             self._write(txn, old, new)
             return new
 
@@ -309,8 +310,9 @@ class Registry:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return None
+            old_without_owner = {k: v for k, v in old.items() if k != "_upload_owner"}
             new = dict(
-                old,
+                old_without_owner,
                 status="active",
                 size=size,
                 checksum=checksum,
@@ -330,7 +332,31 @@ class Registry:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return
-            self._write(txn, old, dict(old, status="queued", updated_at=utc_now()[0]))
+            new = {k: v for k, v in old.items() if k != "_upload_owner"}
+            self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
+
+    def requeue_orphaned_uploads(self) -> list[str]:
+        """Put back to ``queued`` every image left ``saving`` by an upload whose process died.
+
+        Images ``saving`` for a location pass carry no upload owner and are left alone
+        (their pass resumes). Returns the ids requeued.
+        """
+        with self.read() as txn:
+            saving = [image_id for _, image_id in self.walk(txn, stream_prefix("s", "saving"))]
+            orphans = []
+            for image_id in saving:
+                record = self.load(txn, image_id)
+                owner = record.get("_upload_owner") if record else None
+                if owner is not None and not owner_alive(owner):
+                    orphans.append(image_id)
+        for image_id in orphans:
+            with self.env.begin(write=True) as txn:
+                old = self.load(txn, image_id)
+                if old is None or old.get("_upload_owner") is None or owner_alive(old["_upload_owner"]):
+                    continue
+                new = {k: v for k, v in old.items() if k != "_upload_owner"}
+                self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
+        return orphans
 
     # ---- images registered by location (see imgproxy.locations) -----------------------
     # A ``location_passes`` entry (image id -> {"url", "mode"}) marks a background pass

@@ -73,8 +73,21 @@ def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
     )
 
 
+async def _requeue_orphaned_uploads(service: Service) -> None:
+    for image_id in await asyncio.to_thread(service.registry.requeue_orphaned_uploads):
+        log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
+
+
+async def _clean(service: Service) -> None:
+    """The cleaner loop's run: orphaned uploads, then the cache's leftovers."""
+    await _requeue_orphaned_uploads(service)
+    await service.cache.clean()
+
+
 async def _recover(service: Service) -> None:
-    """Start-up recovery: crash leftovers in the store and the cache go."""
+    """Start-up recovery: uploads cut by a crash are queued again; leftovers in the store
+    and the cache go."""
+    await _requeue_orphaned_uploads(service)
     store = service.backends.default
     sweep = getattr(store, "sweep_temp", None)
     if sweep is not None:
@@ -100,7 +113,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
         service.tasks = start_loops(
             {
                 "prune": (settings.prune_interval, service.cache.prune),
-                "clean": (settings.clean_interval, service.cache.clean),
+                "clean": (settings.clean_interval, lambda: _clean(service)),
                 "audit": (settings.clean_interval, service.cache.audit),
                 "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
             }

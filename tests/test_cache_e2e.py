@@ -227,8 +227,6 @@ def test_kill_during_upload_leaves_nothing_half_written(start: Start) -> None:
     assert sum(p.stat().st_size for p in chunk_files(server.data_dir)) == stats["bytes_cached"]
 
 
-@pytest.mark.xfail(strict=True, reason="registry/service: no start-up recovery turns a 'saving' image "
-                   "whose upload died with the process back to 'queued'")
 def test_kill_during_upload_then_restart_image_is_queued(start: Start) -> None:
     server, api = start()
     size = 48 * CHUNK
