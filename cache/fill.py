@@ -24,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -163,6 +164,15 @@ class FillRunner:
         self.retries = retries
         self.stall_timeout = stall_timeout
         self.has_room = has_room
+        self._last_full_log = -60.0
+
+    def _log_full(self) -> None:
+        # Once a minute at most: a full cache under load would otherwise log every chunk.
+        now = time.monotonic()
+        if now - self._last_full_log >= 60.0:
+            self._last_full_log = now
+            log.warning("cache is full (and the pruner has nothing to evict): serving from the store "
+                        "without caching")
 
     async def _io(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -172,6 +182,8 @@ class FillRunner:
         spec = fill.spec
         try:
             if not spec.cacheable or not self.has_room(fill.length):
+                if spec.cacheable:
+                    self._log_full()
                 await self._fetch(fill, None)
                 self._check_address(fill)
                 self.pending.count("uncached_fills")
