@@ -1,8 +1,10 @@
-"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO]`` and ``python -m bench setup-glance``."""
+"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]`` and ``python -m bench setup-glance``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import shutil
 import sys
 import tempfile
@@ -63,6 +65,17 @@ def run_bench(out: Path, *, quick: bool, only: Sequence[str] = (), systems: Sequ
     return results, paths
 
 
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"256MiB"``, ``"64m"`` or a byte count -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1GiB, 256MiB)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=None, help="report dir (default bench-results/<timestamp>)")
     run.add_argument("--only", action="append", default=[], metavar="SCENARIO", help=f"one of {', '.join(SCENARIOS)}; repeatable")
     run.add_argument("--systems", default="", help="comma-separated system names (default: all)")
+    run.add_argument("--size", type=parse_size, default=None, metavar="SIZE",
+                     help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
+    run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
     args = parser.parse_args(argv)
     if args.command == "setup-glance":
@@ -80,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     systems = [s for s in args.systems.split(",") if s]
-    results, paths = run_bench(out, quick=args.quick, only=args.only, systems=systems)
+    profile = Profile.make(args.quick)
+    if args.size is not None:
+        profile = dataclasses.replace(profile, cached_size=args.size, warm_image_size=args.size, upload_sizes=(args.size,))
+    if args.repeats is not None:
+        profile = dataclasses.replace(profile, repeats=max(1, args.repeats))
+    results, paths = run_bench(out, quick=args.quick, only=args.only, systems=systems, profile=profile)
     print(paths["md"].read_text())
     print(f"report: {out}", file=sys.stderr)
     failed = [f for r in results for f in r.failures]

@@ -47,6 +47,8 @@ class Profile:
     growth_images: int
     growth_image_size: int
     growth_cache_max: int
+    cached_size: int = 256 * MiB
+    cached_streams: tuple[int, ...] = (1, 32)
 
     @classmethod
     def make(cls, quick: bool) -> "Profile":
@@ -62,6 +64,7 @@ class Profile:
             upstream_rate=64 * MiB, warm_image_size=1024 * MiB, warm_nodes=(1, 8, 32), range_image_size=1024 * MiB,
             range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), meta_creates=100_000, meta_creates_glance=1000,
             meta_requests=1000, growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
+            cached_size=1024 * MiB,
         )
 
 

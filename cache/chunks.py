@@ -9,13 +9,15 @@ Layout under ``root``: ``chunks/`` (chunk files), ``tmp/`` (``<pid>-<random>`` t
 of ingests), ``fills/`` (``<key>.lock`` + ``<key>.part`` of fills in progress).
 
 All methods are sync and blocking (run them in a worker thread), except :meth:`load`
-which the read path calls on the event loop for page-cache-hot chunks. Safe for
+and :meth:`open_verified` which the read path calls on the event loop for
+page-cache-hot chunks. Safe for
 concurrent use by threads and processes: each call uses its own descriptors.
 """
 
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import secrets
 from collections.abc import Iterator
@@ -88,6 +90,35 @@ class ChunkStore:
         self._remove_if_same(path, st)
         raise CorruptChunk(f"chunk {address.hex()} failed verification")
 
+    def open_verified(self, address: bytes, length: int) -> int | None:
+        """A descriptor on chunk ``address`` whose ``length`` bytes were just verified, or ``None``.
+
+        Same outcomes as :meth:`load` (``None`` for no chunk of that length, CorruptChunk
+        after removing a bad file), without holding the chunk in memory: the digest is
+        taken through a read-only mapping, and the caller ``os.pread``s the pieces it
+        sends, then closes the descriptor. Chunk files are never modified once named, so
+        the bytes read later are the bytes verified (the descriptor keeps them readable
+        even if the pruner unlinks the name meanwhile).
+        """
+        try:
+            fd = os.open(self.path(address), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_size == length and length > 0:
+                with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as view:
+                    good = address_of(view) == address
+                if good:
+                    fd, opened = -1, fd
+                    return opened
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        # Another length (a collision or a truncated file), or bad bytes: load() sorts it out.
+        self.load(address, length)
+        return None
+
     def _remove_if_same(self, path: Path, st: os.stat_result) -> None:
         # Only the file we checked: a fill may have just put a good one in its place.
         try:
@@ -152,7 +183,9 @@ class ChunkStore:
         if existing is None:
             # Either no file, or a valid chunk of another length: a collision.
             return WriteOutcome.COLLISION if self.exists(address) else None
-        return WriteOutcome.SHARED if existing == data else WriteOutcome.COLLISION
+        # startswith (equal lengths here) is one memcmp for any buffer; ``==`` against a
+        # memoryview would compare byte by byte in Python's generic buffer code.
+        return WriteOutcome.SHARED if existing.startswith(data) else WriteOutcome.COLLISION
 
     def addresses(self) -> Iterator[tuple[bytes, Path]]:
         """Every chunk file (address, path), in no particular order. Skips foreign names."""

@@ -157,13 +157,13 @@ class FillRunner:
     """Runs fills for one :class:`ImageCache`: the owner/tailer protocol above."""
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, executor: Executor, *,
-                 retries: int, stall_timeout: float, has_room: Callable[[int], bool]) -> None:
+                 retries: int, stall_timeout: float, reserve: Callable[[int], bool]) -> None:
         self.store = store
         self.pending = pending
         self.executor = executor
         self.retries = retries
         self.stall_timeout = stall_timeout
-        self.has_room = has_room
+        self.reserve = reserve  # room for a chunk; released with pending.release
         self._last_full_log = -60.0
 
     def _log_full(self) -> None:
@@ -180,8 +180,9 @@ class FillRunner:
     async def run(self, fill: Fill) -> None:
         """Drive ``fill`` to done or failed. Never raises (waiters see the error)."""
         spec = fill.spec
+        reserved = spec.cacheable and self.reserve(fill.length)
         try:
-            if not spec.cacheable or not self.has_room(fill.length):
+            if not reserved:
                 if spec.cacheable:
                     self._log_full()
                 await self._fetch(fill, None)
@@ -201,6 +202,9 @@ class FillRunner:
                 error.__cause__ = exc
             self.pending.count("fill_failures")
             fill.fail(error)
+        finally:
+            if reserved:
+                self.pending.release(fill.length)
 
     async def _run_locked(self, fill: Fill) -> None:
         lock_path = self.store.fills_dir / f"{fill.spec.key}.lock"

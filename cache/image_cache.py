@@ -65,7 +65,7 @@ class ImageCache:
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="cache-io")
         self._bg = ThreadPoolExecutor(2, thread_name_prefix="cache-bg")
         self.runner = FillRunner(self.store, self.pending, self._io, retries=upstream_retries,
-                                 stall_timeout=stall_timeout, has_room=self._has_room)
+                                 stall_timeout=stall_timeout, reserve=self._reserve)
         self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_flush = time.monotonic()
@@ -95,9 +95,14 @@ class ImageCache:
         with self.env.begin() as txn:
             return self.index.meta(txn, "total") + self.pending.pending_bytes()
 
-    def _has_room(self, size: int) -> bool:
-        """May ``size`` more bytes be cached now? (Thread-safe.)"""
-        return self.max_size > 0 and self._total() + size <= self.max_size
+    def _reserve(self, size: int) -> bool:
+        """Reserve room for ``size`` more cached bytes; False if they do not fit. The caller
+        releases the reservation (``pending.release``) once its write is done. Thread-safe."""
+        if self.max_size <= 0:
+            return False
+        with self.env.begin() as txn:
+            committed = self.index.meta(txn, "total")
+        return self.pending.reserve(size, self.max_size - committed)
 
     def _after_activity(self) -> None:
         # Batch index writes: at most one flush per flush_interval, off the loop.
@@ -183,7 +188,7 @@ class ImageCache:
     def open_ingest(self, image_id: str) -> Ingest:
         """Start caching an upload; see :class:`Ingest`. The caller finishes or aborts it,
         then records the manifest (:meth:`record_manifest`) with the image."""
-        return Ingest(image_id, self.chunk_size, self.store, self.pending, self.pins, self._io, self._has_room)
+        return Ingest(image_id, self.chunk_size, self.store, self.pending, self.pins, self._io, self._reserve)
 
     async def read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
                    location: str, *, count_hit: bool = True) -> AsyncIterator[bytes | memoryview]:
@@ -219,6 +224,8 @@ class ImageCache:
             except lmdb.Error as exc:
                 log.error("cannot write the cache index (%s); will retry", exc)
                 self.pending.give_back(batch)
+            else:
+                self.pending.flushed(batch)
 
     def _apply_learned(self, txn: lmdb.Transaction, learned: dict[tuple[str, int], bytes | None]) -> None:
         by_image: dict[str, list[tuple[int, bytes | None]]] = {}

@@ -69,12 +69,21 @@ class _Batch:
     counters: Counter[str] = field(default_factory=Counter)
 
 
+def _new_bytes(batch: _Batch) -> int:
+    return sum(s for s in batch.presence.values() if s)
+
+
 class PendingWrites:
     """Index changes waiting for the next flush. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._batch = _Batch()
+        # Bytes promised to chunk writes in progress, and bytes of a batch being flushed
+        # (out of the batch, not yet in the LMDB total): both count as used, so that
+        # concurrent writers cannot all pass the room check and overshoot the bound.
+        self._reserved = 0
+        self._in_flush = 0
         # Addresses learned by fills, kept past the flush: readers hold manifests that
         # predate it. Bounded; the oldest are forgotten first.
         self._known: dict[tuple[str, int], bytes | None] = {}
@@ -130,7 +139,23 @@ class PendingWrites:
 
     def pending_bytes(self) -> int:
         with self._lock:
-            return sum(s for s in self._batch.presence.values() if s)
+            return self._pending_locked()
+
+    def _pending_locked(self) -> int:
+        return _new_bytes(self._batch) + self._reserved + self._in_flush
+
+    def reserve(self, size: int, room: int) -> bool:
+        """Promise ``size`` bytes to a chunk write if they fit in ``room`` (the bound minus the
+        committed total) with everything pending; the writer calls :meth:`release` when done."""
+        with self._lock:
+            if self._pending_locked() + size > room:
+                return False
+            self._reserved += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
 
     def forget_image(self, image_id: str) -> None:
         with self._lock:
@@ -144,13 +169,20 @@ class PendingWrites:
                 del self._known[key]
 
     def take(self) -> _Batch:
+        """Take the batch for a flush; call :meth:`flushed` or :meth:`give_back` after."""
         with self._lock:
             batch, self._batch = self._batch, _Batch()
+            self._in_flush += _new_bytes(batch)
         return batch
+
+    def flushed(self, batch: _Batch) -> None:
+        with self._lock:
+            self._in_flush -= _new_bytes(batch)
 
     def give_back(self, batch: _Batch) -> None:
         """Re-queue a batch whose flush failed (newer values win)."""
         with self._lock:
+            self._in_flush -= _new_bytes(batch)
             cur = self._batch
             for k, v in batch.accessed.items():
                 cur.accessed.setdefault(k, v)

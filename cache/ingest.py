@@ -41,14 +41,14 @@ class Ingest:
     """
 
     def __init__(self, image_id: str, chunk_size: int, store: ChunkStore, pending: PendingWrites,
-                 pins: Pins, executor: Executor, has_room: Callable[[int], bool]) -> None:
+                 pins: Pins, executor: Executor, reserve: Callable[[int], bool]) -> None:
         self.image_id = image_id
         self.chunk_size = chunk_size
         self._store = store
         self._pending = pending
         self._pins = pins
         self._executor = executor
-        self._has_room = has_room
+        self._reserve = reserve  # room for a chunk; released with pending.release
         self._digests = ImageDigests()
         self._buf = bytearray()
         self._addresses: dict[int, bytes] = {}
@@ -64,15 +64,21 @@ class Ingest:
 
     # -- the per-chunk work (worker threads) -------------------------------------
 
-    def _cache_chunk(self, index: int, chunk: bytes) -> None:
+    def _cache_chunk(self, index: int, chunk: bytes | memoryview) -> None:
         address = address_of(chunk)
         self._addresses[index] = address
         if not self._caching:
             return
-        if not self._has_room(len(chunk)):
+        if not self._reserve(len(chunk)):
             log.warning("cache is full; image %s is stored without caching", self.image_id)
             self._caching = False
             return
+        try:
+            self._write_chunk(index, address, chunk)
+        finally:
+            self._pending.release(len(chunk))
+
+    def _write_chunk(self, index: int, address: bytes, chunk: bytes | memoryview) -> None:
         try:
             outcome = self._store.write(address, chunk)
         except OSError as exc:
@@ -90,11 +96,11 @@ class Ingest:
             self._stored.append(address)
         self._pending.present(address, len(chunk))
 
-    def _process_sync(self, index: int, chunk: bytes) -> None:
+    def _process_sync(self, index: int, chunk: bytes | memoryview) -> None:
         self._digests.update(chunk)
         self._cache_chunk(index, chunk)
 
-    async def _submit(self, chunk: bytes) -> None:
+    async def _submit(self, chunk: bytes | memoryview) -> None:
         # Two lanes on worker threads: digests strictly in order, one chunk at a time;
         # chunk writes (fsync-bound) up to WRITE_DEPTH at once, so the disk stays busy
         # while the next chunks are hashed and received.
@@ -117,24 +123,47 @@ class Ingest:
         """Add the next piece of the image.
 
         Cache trouble (full, disk errors) only stops caching: the digests and chunk
-        addresses are still computed, and the manifest is still complete.
+        addresses are still computed, and the manifest is still complete. A ``bytes``
+        piece is cut into chunks without copying (it is immutable, so the workers may
+        hold on to it); other buffers are copied before this returns.
         """
         self._check_open()
-        self._buf += data
         self.size += len(data)
-        while len(self._buf) >= self.chunk_size:
-            chunk = bytes(self._buf[:self.chunk_size])
-            del self._buf[:self.chunk_size]
+        for chunk in self._cut(data):
             await self._submit(chunk)
+
+    def _cut(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+        """The full chunks ``data`` completes; the rest waits in ``_buf``.
+
+        Copies only chunks that straddle two pieces, and pieces that are mutable: an
+        upload fed in ``bytes`` multiples of the chunk size is hashed and written in place.
+        """
+        size = self.chunk_size
+        view = memoryview(data).cast("B")
+        out: list[bytes | memoryview] = []
+        if self._buf:
+            take = min(size - len(self._buf), len(view))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) < size:
+                return out
+            out.append(bytes(self._buf))
+            self._buf.clear()
+        if isinstance(data, bytes):
+            whole = len(view) - len(view) % size
+            out.extend(view[pos:pos + size] for pos in range(0, whole, size))
+            view = view[whole:]
+        while len(view) >= size:
+            out.append(bytes(view[:size]))
+            view = view[size:]
+        self._buf += view
+        return out
 
     def feed_sync(self, data: bytes | bytearray | memoryview) -> None:
         """Blocking :meth:`feed`, for callers on a worker thread. Do not mix with :meth:`feed`."""
         self._check_open()
-        self._buf += data
         self.size += len(data)
-        while len(self._buf) >= self.chunk_size:
-            chunk = bytes(self._buf[:self.chunk_size])
-            del self._buf[:self.chunk_size]
+        for chunk in self._cut(data):
             self._process_sync(self._next, chunk)
             self._next += 1
 

@@ -123,3 +123,21 @@ def test_quick_run_of_one_scenario_writes_json_markdown_and_png(tmp_path: Path) 
     assert all(r["status"] == "ok" for r in rows), rows
     assert "| nginx-direct |" in (out / "results.md").read_text()
     assert (out / "warm_reads.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cached_download_compares_imgproxy_with_nginx_and_checks_every_body(tmp_path: Path) -> None:
+    import dataclasses
+
+    from bench.__main__ import parse_size, run_bench
+    from bench.runner import Profile
+
+    assert parse_size("1GiB") == 1 << 30 and parse_size("256MiB") == 256 << 20 and parse_size("4096") == 4096
+    tiny = dataclasses.replace(Profile.make(True), cached_size=parse_size("300KiB"), cached_streams=(1, 3))
+    out = tmp_path / "report"
+    results, _ = run_bench(out, quick=True, only=["cached_download"], systems=["nginx-direct", "imgproxy-1w"],
+                           progress=Progress(quiet=True), profile=tiny, work=tmp_path / "work")
+    rows = results[0].rows
+    assert [(r["system"], r["N"]) for r in rows] == [
+        ("nginx-direct", 1), ("nginx-direct", 3), ("imgproxy-1w", 1), ("imgproxy-1w", 3)]
+    assert all(r["status"] == "ok" and r["failures"] == 0 for r in rows), rows
+    assert all(r["vs_nginx"] is not None and r["peak_rss_MiB"] > 0 for r in rows)

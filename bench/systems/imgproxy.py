@@ -14,7 +14,7 @@ import httpx
 
 from .base import SystemUnavailable, free_port
 from .imageapi import ImageApiSystem
-from .procs import wait_gone
+from .procs import tree_pids, wait_gone
 
 __all__ = ["ImgproxySystem"]
 
@@ -40,7 +40,8 @@ class ImgproxySystem(ImageApiSystem):
         super().__init__(f"imgproxy-{workers}w")
         self.root = Path(root).resolve()
         self.workers = workers
-        self.config = {"log_level": "warning", **(config or {})}
+        # A cache that holds every benchmark image (1-4 GiB): a warm read must be a cache hit.
+        self.config = {"log_level": "warning", "cache_max_size": 64 << 30, **(config or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,6 +85,8 @@ class ImgproxySystem(ImageApiSystem):
     def stop(self) -> None:
         if self.proc is None:
             return
+        # Workers may still be exiting when the master is gone: wait for the whole tree.
+        pids = tree_pids(self.proc.pid) if self.proc.poll() is None else []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -92,5 +95,7 @@ class ImgproxySystem(ImageApiSystem):
                 self.proc.kill()
                 self.proc.wait(10)
         wait_gone(self.proc.pid, 3)
+        for pid in pids:
+            wait_gone(pid, 10)
         self.proc = None
         self.pid = None

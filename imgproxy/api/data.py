@@ -82,32 +82,70 @@ def _declared_length(request: Request) -> int | None:
     return value
 
 
-async def _receive_into(request: Request, writer: Writer, ingest: Ingest, cap: int) -> int:
-    """Stream the body into ``writer`` and ``ingest`` in pieces of ``PIECE_SIZE``; return its size.
+# Upload pieces are a multiple of the cache's chunk size near this: the cache then hashes
+# and writes them without copying, and the store gets few large writes (a thread hop each).
+UPLOAD_PIECE = 4 * PIECE_SIZE
 
-    Raises PayloadTooLarge past ``cap``, ClientDisconnect if the client goes away
-    (a short body ends that way too), BackendError from the store.
+
+def _piece_size(chunk_size: int) -> int:
+    if chunk_size > 4 * UPLOAD_PIECE:
+        return UPLOAD_PIECE  # huge chunks: the cache copies pieces into its chunk buffer
+    return chunk_size * max(1, UPLOAD_PIECE // chunk_size)
+
+
+async def _receive_into(request: Request, writer: Writer, ingest: Ingest, cap: int) -> int:
+    """Stream the body into ``writer`` and ``ingest`` in pieces of ``_piece_size``; return its size.
+
+    Each byte is copied once in Python (joining the received parts into a piece). One
+    store write runs while the next piece is received; the cache hashes and writes in
+    its own threads. Raises PayloadTooLarge past ``cap``, ClientDisconnect if the
+    client goes away (a short body ends that way too), BackendError from the store.
     """
-    size = 0
-    buffer = bytearray()
+    piece_size = _piece_size(ingest.chunk_size)
+    size = held = 0
+    parts: list[memoryview] = []
+    writing: asyncio.Future[None] | None = None
 
     async def flush() -> None:
-        piece = bytes(buffer)
-        buffer.clear()
-        # The cache hashes and writes chunks in its threads while the store writes the same piece.
-        await asyncio.gather(ingest.feed(piece), writer.write(piece))
+        nonlocal writing, held
+        piece = b"".join(parts)
+        parts.clear()
+        held = 0
+        if writing is not None:
+            await writing  # the writer takes one write at a time
+        writing = asyncio.ensure_future(writer.write(piece))
+        await ingest.feed(piece)
 
-    async for part in request.stream():
-        size += len(part)
-        if size > cap:
-            raise PayloadTooLarge(
-                f"Image exceeds the storage quota: the limit is {cap} bytes.", headers={"Connection": "close"}
-            )
-        buffer += part
-        if len(buffer) >= PIECE_SIZE:
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > cap:
+                raise PayloadTooLarge(
+                    f"Image exceeds the storage quota: the limit is {cap} bytes.", headers={"Connection": "close"}
+                )
+            view = memoryview(part)
+            while held + len(view) >= piece_size:
+                take = piece_size - held
+                parts.append(view[:take])
+                view = view[take:]
+                await flush()
+            if view:
+                parts.append(view)
+                held += len(view)
+        if parts:
             await flush()
-    if buffer:
-        await flush()
+        if writing is not None:
+            pending, writing = writing, None
+            await pending
+    finally:
+        if writing is not None:
+            # Failing already: let the store write end (its error is secondary) before the
+            # caller aborts the writer, which is not safe for concurrent use.
+            with CancelScope(shield=True):
+                try:
+                    await writing
+                except BaseException:
+                    pass
     return size
 
 

@@ -1,0 +1,138 @@
+"""Scenario "cached_download": one cached image read by N parallel curls, vs nginx sendfile.
+
+The issue-3 download targets at full size (``--size 1GiB``): aggregate MB/s at 1 and 32
+streams as a ratio to nginx serving the same bytes from a file, the server's CPU seconds
+per GB, its peak RSS (summed over the process tree) while serving, and fairness with one
+worker: every client's time to first byte and the spread of finish times.
+
+curl writes to /dev/null and hashes nothing: a Python client (or a sha512 per node, as
+``warm_reads`` does) caps loopback throughput well below what the server can send
+(anchors/limits.md). The bytes themselves are checked once per system by a sha512 read
+(``bench.clients``) before the timed steps, and every timed curl must receive exactly the
+image size.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from typing import Any
+
+from ..clients import Fetch, run_downloads
+from ..images import make_image
+from ..runner import RunContext, ScenarioResult, percentile, summarize
+from ..systems.base import ImageFile, NotSupported, System
+
+__all__ = ["run", "curl_many"]
+
+NAME = "cached_download"
+SYSTEMS = ("nginx-direct", "imgproxy-1w", "imgproxy-2w")
+
+
+def curl_many(url: str, n: int, timeout: float) -> list[dict[str, Any]]:
+    """Start ``n`` curls at once (to /dev/null); per client: status, bytes, ttfb, total (s)."""
+    fmt = "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"
+    procs = [
+        subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-m", str(int(timeout)), "-w", fmt, url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(n)
+    ]
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+        fields = stdout.decode().split()
+        if p.returncode != 0 or len(fields) != 4:
+            out.append({"ok": False, "error": f"curl exit {p.returncode}: {stderr.decode(errors='replace')[-200:]}"})
+            continue
+        code, size, ttfb, total = int(fields[0]), int(fields[1]), float(fields[2]), float(fields[3])
+        out.append({"ok": code == 200, "status": code, "bytes": size, "ttfb": ttfb, "total": total,
+                    "error": "" if code == 200 else f"HTTP {code}"})
+    return out
+
+
+def _step(ctx: RunContext, system: System, url: str, image: ImageFile, n: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with ctx.metered(system) as usage:
+        clients = curl_many(url, n, timeout=900)
+    wall = time.perf_counter() - t0
+    bad = [c for c in clients if not c["ok"] or c["bytes"] != image.size]
+    served = sum(c.get("bytes", 0) for c in clients)
+    ttfbs = [c["ttfb"] for c in clients if c["ok"]]
+    totals = [c["total"] for c in clients if c["ok"]]
+    return {
+        "aggregate_MBps": round(served / wall / 1e6, 1),
+        "server_cpu_s_per_GB": round(usage.cpu_s / (served / 1e9), 3) if served else None,
+        "peak_rss_MiB": round(usage.peak_rss / (1 << 20), 1),
+        "ttfb_p50_s": round(percentile(ttfbs, 50) or 0, 3),
+        "ttfb_max_s": round(max(ttfbs, default=0), 3),
+        "total_min_s": round(min(totals, default=0), 2),
+        "total_max_s": round(max(totals, default=0), 2),
+        "failures": len(bad),
+        "failure_detail": (bad[0].get("error") or f"{bad[0].get('bytes')} bytes") if bad else "",
+    }
+
+
+def _url(system: System, image: ImageFile) -> str:
+    url = system.warm_url(image)  # nginx: a file; Image APIs: upload + one whole read
+    check = run_downloads([Fetch(url, image.sha512, image.size)], timeout=900)
+    if not check.results[0]["ok"]:
+        raise NotSupported(f"checking read failed: {check.results[0]['error']}")
+    return url
+
+
+def run(ctx: RunContext) -> ScenarioResult:
+    p = ctx.profile
+    size = p.cached_size
+    result = ScenarioResult(
+        NAME,
+        f"Cached download: N curls read one cached {size >> 20} MiB image (to /dev/null)",
+        ["system", "N", "aggregate_MBps", "vs_nginx", "server_cpu_s_per_GB", "cpu_vs_nginx", "peak_rss_MiB",
+         "ttfb_p50_s", "ttfb_max_s", "total_min_s", "total_max_s", "failures", "status"],
+        plot={"x": "N", "y": "aggregate_MBps", "series": "system", "ylabel": "aggregate MB/s"},
+    )
+    if shutil.which("curl") is None:
+        result.not_run("all", "curl is not installed")
+        return result
+    ctx.local_root.mkdir(parents=True, exist_ok=True)
+    image = make_image(ctx.local_root, "cached.img", size)
+    ceiling: dict[int, dict[str, Any]] = {}
+    for name in SYSTEMS:
+        system = ctx.system_or_row(result, name)
+        if system is None:
+            continue
+        ctx.progress.step(f"{name}: warming {size >> 20} MiB")
+        try:
+            url = _url(system, image)
+        except NotSupported as exc:
+            result.not_run(name, str(exc))
+            continue
+        except Exception as exc:
+            result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        for n in p.cached_streams:
+            ctx.progress.step(f"{name} N={n}")
+            samples = [_step(ctx, system, url, image, n) for _ in range(p.repeats)]
+            row = {"system": name, "N": n, **summarize(samples, ("aggregate_MBps",))}
+            if name == "nginx-direct":
+                ceiling[n] = row
+            base = ceiling.get(n)
+            if base and base.get("aggregate_MBps"):
+                row["vs_nginx"] = round(row["aggregate_MBps"] / base["aggregate_MBps"], 2)
+            if base and base.get("server_cpu_s_per_GB") and row.get("server_cpu_s_per_GB"):
+                row["cpu_vs_nginx"] = round(row["server_cpu_s_per_GB"] / base["server_cpu_s_per_GB"], 2)
+            fails = sum(s["failures"] for s in samples)
+            row["failures"] = fails
+            row["status"] = "ok" if not fails else f"FAILED: {row['failure_detail']}"
+            if fails:
+                result.failures.append(f"{name} N={n}: {fails} clients got a wrong body ({row['failure_detail']})")
+                ctx.progress.alarm(result.failures[-1])
+            result.rows.append(row)
+    result.notes.append("Targets (issue 3): >= 0.9x nginx at N=1 and N=32; peak RSS < 200 MiB at N=32; "
+                        "every client gets headers promptly (ttfb_max_s) with one worker.")
+    result.notes.append("On 2 cores the curls share the CPU with the server: server_cpu_s_per_GB is the stable measure.")
+    return result
