@@ -27,7 +27,7 @@ _PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
 
 def _strip_minor_version(path: str) -> str:
     """Map ``/v2.N/...`` onto ``/v2/...``: every v2 minor version shares one API."""
-    if path.startswith("/v2.") :
+    if path.startswith("/v2."):
         rest = path[4:]
         digits = len(rest) - len(rest.lstrip("0123456789"))
         if digits and (len(rest) == digits or rest[digits] == "/"):
@@ -59,10 +59,9 @@ class ApiMiddleware:
                 await error_response(exc.status, exc.title, exc.message)(scope, receive, send)
                 return
             if context is None:
-                exc = Unauthorized("This request needs a valid X-Auth-Token.")
-                await error_response(exc.status, exc.title, exc.message, {"WWW-Authenticate": "Keystone uri=''"})(
-                    scope, receive, send
-                )
+                missing = Unauthorized("This request needs a valid X-Auth-Token.")
+                headers = {"WWW-Authenticate": "Keystone uri=''"}
+                await error_response(missing.status, missing.title, missing.message, headers)(scope, receive, send)
                 return
             scope.setdefault("state", {})
             scope["state"]["context"] = context
