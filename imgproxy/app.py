@@ -24,6 +24,20 @@ log = logging.getLogger("imgproxy")
 # Paths anyone may read without a token (version discovery, health).
 _PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
 
+# Header limits: one line as long as Glance's max_header_line, all of them a few times that.
+MAX_HEADER_LINE = 16 * 1024
+MAX_HEADERS_TOTAL = 64 * 1024
+
+
+def _headers_too_large(scope: Scope) -> bool:
+    total = 0
+    for name, value in scope["headers"]:
+        line = len(name) + len(value) + 4
+        if line > MAX_HEADER_LINE:
+            return True
+        total += line
+    return total > MAX_HEADERS_TOTAL
+
 
 def _strip_minor_version(path: str) -> str:
     """Map ``/v2.N/...`` onto ``/v2/...``: every v2 minor version shares one API."""
@@ -47,6 +61,12 @@ class ApiMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _headers_too_large(scope):
+            message = f"Request headers are too large (at most {MAX_HEADER_LINE} bytes a line, {MAX_HEADERS_TOTAL} in all)."
+            await error_response(431, "Request Header Fields Too Large", message, {"Connection": "close"})(
+                scope, receive, send
+            )
             return
         path = _strip_minor_version(scope["path"])
         if path != scope["path"]:

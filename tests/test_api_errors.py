@@ -84,3 +84,19 @@ def test_missing_or_bad_token_is_401(server: ServerProcess) -> None:
     is_json_error(httpx.get(server.url + "/v2/images"), 401)
     is_json_error(httpx.get(server.url + "/v2/images", headers={"X-Auth-Token": "nope"}), 401)
     assert httpx.get(server.url + "/versions").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Big": "a" * 20_000},  # one line longer than Glance's max_header_line
+        {f"X-H{i}": "v" * 100 for i in range(1000)},  # many ordinary lines, ~100 KiB in all
+    ],
+    ids=["long-line", "many-lines"],
+)
+def test_huge_headers_are_431_and_change_nothing(admin: httpx.Client, headers: dict[str, str]) -> None:
+    before = admin.get("/v2/images", params={"limit": 1000}).json()["images"]
+    r = admin.post("/v2/images", json={"name": "never-created"}, headers=headers)
+    is_json_error(r, 431)
+    after = admin.get("/v2/images", params={"limit": 1000}).json()["images"]
+    assert [i["id"] for i in after] == [i["id"] for i in before]
