@@ -24,7 +24,7 @@ def count(client: httpx.Client, name: str) -> int:
 
 @pytest.mark.parametrize(
     "content",
-    [b"{", b"", b"null", b"\xff\xfe", b'"just a string"', b"42"],
+    [b"{", b"", b"null", b"\xff\xfe", b'"just a string"', b"42", b'{"name": "\\ud800"}'],
 )
 def test_malformed_create_bodies(client_for: Callable[..., httpx.Client], content: bytes) -> None:
     p = f"proj-{uuid.uuid4().hex[:8]}"

@@ -48,9 +48,13 @@ async def read_json(request: Request, limit: int) -> Any:
     if not body.strip():
         raise BadRequest("Body expected in request.")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = json.loads(body)
+        # JSON may escape lone surrogates ("\ud800"), which no UTF-8 text can hold:
+        # refuse them here rather than fail when the record is stored.
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError):
         raise BadRequest("Malformed JSON in request body.") from None
+    return doc
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
