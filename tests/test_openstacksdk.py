@@ -116,3 +116,40 @@ def test_bad_token_is_unauthorized(server: ServerProcess) -> None:
     with pytest.raises(exceptions.HttpException) as info:
         list(conn.image.images())
     assert info.value.status_code == 401
+
+
+def test_share_with_another_project_and_page(
+    server: ServerProcess, make_token: Callable[..., str], payload_file: Path
+) -> None:
+    """Owner shares an image; the other project sees it only once it accepts; paging walks all."""
+    owner_project, other_project = f"sdk-own-{uuid.uuid4().hex[:6]}", f"sdk-oth-{uuid.uuid4().hex[:6]}"
+    owner = connect_token(server.url, make_token(owner_project, "member"))
+    other = connect_token(server.url, make_token(other_project, "member"))
+
+    image = owner.image.create_image(
+        name=_name(), filename=str(payload_file), disk_format="raw", container_format="bare", visibility="shared"
+    )
+    with pytest.raises(exceptions.NotFoundException):
+        other.image.get_image(image.id)
+
+    member = owner.image.add_member(image, member_id=other_project)
+    assert member.status == "pending"
+    assert [m.member_id for m in owner.image.members(image)] == [other_project]
+    # Pending: the member may read it by id, but it is not in its default listing yet.
+    assert other.image.get_image(image.id).id == image.id
+    assert image.id not in {i.id for i in other.image.images()}
+
+    other.image.update_member(other_project, image, status="accepted")
+    assert owner.image.get_member(other_project, image).status == "accepted"
+    assert image.id in {i.id for i in other.image.images()}
+    assert other.image.download_image(image).content == PAYLOAD
+
+    owner.image.remove_member(other_project, image)
+    with pytest.raises(exceptions.NotFoundException):
+        other.image.get_image(image.id)
+
+    # Paging: the SDK follows `next` links page by page; every image comes back once.
+    names = [owner.image.create_image(name=_name(), disk_format="raw", container_format="bare").name for _ in range(5)]
+    listed = [i.name for i in owner.image.images(limit=2, owner=owner_project)]
+    assert sorted(n for n in listed if n in names) == sorted(names)
+    assert len(listed) == len(set(listed)) == 6
