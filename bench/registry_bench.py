@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +27,8 @@ import httpx
 
 from imgproxy.db import open_env
 from imgproxy.registry import Registry, format_time
+
+from .systems.imgproxy import ImgproxySystem
 
 PROJECTS = 100
 BATCH = 1000
@@ -89,44 +87,6 @@ def fill(data_dir: Path, n: int) -> tuple[list[str], float]:
     return ids, rate
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``imgproxy serve --noauth`` in a child process, stopped by PID."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
-        env["IMGPROXY_LOG_LEVEL"] = "warning"
-        self.log = (data_dir.parent / "server.log").open("wb")
-        args = [sys.executable, "-m", "imgproxy", "serve", "--noauth", "--data-dir", str(data_dir), "--port", str(self.port)]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthcheck", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-
 async def _timed(url: str, paths: list[str], concurrency: int, headers: dict[str, str]) -> dict[str, float]:
     latencies: list[float] = []
     queue = list(reversed(paths))
@@ -160,7 +120,7 @@ def run(n: int, requests: int, keep: bool) -> list[str]:
     try:
         ids, rate = fill(root / "data", n)
         lines.append(f"n={n}: filled at {rate:,.0f} images/s")
-        server = Server(root / "data")
+        server = ImgproxySystem(root).start()  # serves root/data, filled above
         try:
             rng = random.Random(2)
             member = {"X-Project-Id": "project-7", "X-Roles": "member"}
