@@ -1,9 +1,11 @@
 """The upload side: cut a byte stream into chunks, hash and cache them in one pass.
 
-Each full chunk goes to two lanes of worker threads: md5+sha512 of the whole image
-(:class:`ImageDigests`, itself two threads), in order; and xxh3-128 + the chunk write
-(content-addressed, deduplicated after a byte comparison, fsynced), ``WRITE_DEPTH``
-at a time. The caller receives the next chunks meanwhile; memory stays at a few chunks.
+Each full chunk goes to worker threads without waiting for the previous one: md5 and
+sha512 of the whole image (:class:`ImageDigests`: one thread per digest, in order,
+up to ``DIGEST_DEPTH`` chunks queued, so the md5 lane, the slowest, never idles while
+the caller receives the next piece); and xxh3-128 + the chunk write (content-addressed,
+deduplicated after a byte comparison, fsynced), ``WRITE_DEPTH`` at a time. Memory stays
+at a few chunks.
 
 Nothing is referenced before :meth:`ImageCache.record_manifest` commits the manifest:
 an aborted or crashed ingest leaves at most unreferenced cached chunks, which the
@@ -30,6 +32,7 @@ __all__ = ["Ingest"]
 log = logging.getLogger("imgproxy.cache")
 
 WRITE_DEPTH = 2  # chunk writes in flight per ingest
+DIGEST_DEPTH = 6  # chunks queued for the digest lanes per ingest
 
 
 class Ingest:
@@ -56,7 +59,7 @@ class Ingest:
         self._collisions: set[int] = set()
         self._stored: list[bytes] = []  # chunk files this ingest created
         self._pinned: list[bytes] = []  # pinned until the manifest is recorded or dropped
-        self._digesting: asyncio.Future[None] | None = None
+        self._digesting: deque[asyncio.Future[None]] = deque()
         self._writes: deque[asyncio.Future[None]] = deque()
         self._caching = True
         self._closed = False
@@ -101,16 +104,15 @@ class Ingest:
         self._cache_chunk(index, chunk)
 
     async def _submit(self, chunk: bytes | memoryview) -> None:
-        # Two lanes on worker threads: digests strictly in order, one chunk at a time;
-        # chunk writes (fsync-bound) up to WRITE_DEPTH at once, so the disk stays busy
-        # while the next chunks are hashed and received.
+        # Digests strictly in order on their own lanes; chunk writes (fsync-bound) up
+        # to WRITE_DEPTH at once on the shared pool. Waiting here only bounds memory.
         index, self._next = self._next, self._next + 1
-        loop = asyncio.get_running_loop()
-        if self._digesting is not None:
-            await self._digesting
-        self._digesting = loop.run_in_executor(self._executor, self._digests.update, chunk)
+        while len(self._digesting) >= DIGEST_DEPTH:
+            await self._digesting.popleft()
+        self._digesting.append(asyncio.wrap_future(self._digests.submit(chunk)))
         while len(self._writes) >= WRITE_DEPTH:
             await self._writes.popleft()
+        loop = asyncio.get_running_loop()
         self._writes.append(loop.run_in_executor(self._executor, self._cache_chunk, index, chunk))
 
     # -- feeding ----------------------------------------------------------------
@@ -168,11 +170,22 @@ class Ingest:
             self._next += 1
 
     async def _drain(self) -> None:
-        pending = [f for f in (self._digesting,) if f is not None] + list(self._writes)
-        self._digesting = None
+        """Wait for every queued digest and write; then raise the first error, if any.
+
+        All are awaited even after a failure, so no worker still touches this ingest
+        (e.g. storing a chunk) once an abort starts removing its chunks.
+        """
+        pending = list(self._digesting) + list(self._writes)
+        self._digesting.clear()
         self._writes.clear()
+        error: BaseException | None = None
         for future in pending:
-            await future
+            try:
+                await future
+            except Exception as exc:  # noqa: BLE001 - kept and re-raised after the rest settled
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def finish(self) -> Manifest:
         """Process the last partial chunk and return the image's manifest (not yet recorded)."""

@@ -28,3 +28,17 @@ def test_empty_stream() -> None:
     assert digests.checksum == hashlib.md5(b"").hexdigest()
     assert digests.os_hash_value == hashlib.sha512(b"").hexdigest()
     digests.close()
+
+
+def test_submitted_pieces_are_hashed_in_order() -> None:
+    pieces = [random.randbytes(n) for n in (300_000, 1, 5_000_000, 262_144, 70)]
+    with ImageDigests(parallel_min=1024) as digests:
+        futures = [digests.submit(p) for p in pieces[:3]]
+        digests.update(pieces[3])  # after queued pieces, not before
+        futures.append(digests.submit(pieces[4]))
+        for f in futures:
+            f.result()
+    whole = b"".join(pieces)
+    assert digests.checksum == hashlib.md5(whole).hexdigest()
+    assert digests.os_hash_value == hashlib.sha512(whole).hexdigest()
+    assert digests.size == len(whole)
