@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,3 +153,23 @@ async def test_writer_stores_exactly_the_bytes_of_any_piece_sizes(backend: FileB
     location = await writer.commit()
     assert backend.path_for(location).read_bytes() == b"".join(pieces)
     assert [p.name for p in backend.root.iterdir()] == ["odd"]
+
+
+TMPFS = Path("/dev/shm")
+
+
+@pytest.mark.skipif(not TMPFS.is_dir(), reason="no /dev/shm (tmpfs) here to show the buffered fallback")
+async def test_filesystem_without_o_direct_falls_back_to_buffered_writes(tmp_path: Path) -> None:
+    # tmpfs refuses O_DIRECT (EINVAL): the writer must still store exactly the bytes.
+    root = Path(tempfile.mkdtemp(dir=TMPFS, prefix="imgproxy-test-"))
+    try:
+        backend = FileBackend.from_url(root.as_uri(), {})
+        pieces = [os.urandom(n) for n in (4095, 1, 4 * 1024 * 1024 + 3)]
+        writer = await backend.open_writer("tmpfs")
+        for piece in pieces:
+            await writer.write(piece)
+        location = await writer.commit()
+        assert backend.path_for(location).read_bytes() == b"".join(pieces)
+        assert [p.name for p in root.iterdir()] == ["tmpfs"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
