@@ -80,14 +80,15 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def _create(temp: Path) -> tuple[int, bool]:
+def _create(temp: Path, direct_io: bool) -> tuple[int, bool]:
     """Create ``temp`` for writing; ``(fd, True)`` if it is open with ``O_DIRECT``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        return os.open(temp, flags | os.O_DIRECT, 0o640), True
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # e.g. tmpfs: no direct I/O
-            raise
+    if direct_io:
+        try:
+            return os.open(temp, flags | os.O_DIRECT, 0o640), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # e.g. a filesystem without direct I/O
+                raise
     return os.open(temp, flags, 0o640), False
 
 
@@ -276,8 +277,11 @@ class FileBackend:
     Safe to share between tasks: every call opens its own file descriptor.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, direct_io: bool = True) -> None:
         self.root = root
+        # Write uploads with O_DIRECT (option ``[file] direct_io``): off for filesystems
+        # where direct I/O is slow or refused.
+        self.direct_io = direct_io
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> FileBackend:
@@ -292,7 +296,10 @@ class FileBackend:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create file store {path}: {exc.strerror}", location=url) from exc
-        return cls(path.resolve())
+        direct_io = options.get("direct_io", True)
+        if not isinstance(direct_io, bool):
+            raise ValueError(f"file store option 'direct_io' must be true or false, got {direct_io!r}")
+        return cls(path.resolve(), direct_io=direct_io)
 
     # -- naming ---------------------------------------------------------------
 
@@ -364,7 +371,7 @@ class FileBackend:
         self._check_id(image_id, image_id)
         temp = self.root / f"{TEMP_PREFIX}{image_id}-{secrets.token_hex(6)}"
         try:
-            fd, direct = await to_thread.run_sync(_create, temp)
+            fd, direct = await to_thread.run_sync(_create, temp, self.direct_io)
         except OSError as exc:
             raise _translate(exc, str(temp)) from exc
         return FileWriter(self, image_id, fd, temp, direct=direct)
