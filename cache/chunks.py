@@ -40,7 +40,7 @@ from .manifest import ADDRESS_SIZE
 __all__ = ["ChunkStore", "WriteOutcome", "address_of"]
 
 
-def address_of(data: bytes | bytearray | memoryview) -> bytes:
+def address_of(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
     """The chunk address of ``data``: its xxh3-128 digest (16 bytes)."""
     return xxhash.xxh3_128_digest(data)
 
