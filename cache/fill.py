@@ -180,8 +180,10 @@ class FillRunner:
     async def run(self, fill: Fill) -> None:
         """Drive ``fill`` to done or failed. Never raises (waiters see the error)."""
         spec = fill.spec
-        reserved = spec.cacheable and self.reserve(fill.length)
+        reserved = False
         try:
+            # On a worker thread: reserving may evict when the cache is full.
+            reserved = spec.cacheable and bool(await self._io(self.reserve, fill.length))
             if not reserved:
                 if spec.cacheable:
                     self._log_full()

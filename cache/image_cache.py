@@ -95,14 +95,31 @@ class ImageCache:
         with self.env.begin() as txn:
             return self.index.meta(txn, "total") + self.pending.pending_bytes()
 
-    def _reserve(self, size: int) -> bool:
-        """Reserve room for ``size`` more cached bytes; False if they do not fit. The caller
-        releases the reservation (``pending.release``) once its write is done. Thread-safe."""
-        if self.max_size <= 0:
-            return False
+    def _try_reserve(self, size: int) -> bool:
         with self.env.begin() as txn:
             committed = self.index.meta(txn, "total")
         return self.pending.reserve(size, self.max_size - committed)
+
+    def _reserve(self, size: int) -> bool:
+        """Reserve room for ``size`` more cached bytes; False if they do not fit even after
+        evicting. The caller releases the reservation (``pending.release``) once its write is
+        done. Blocking (it may flush the index and evict): call it on a worker thread."""
+        if self.max_size <= 0:
+            return False
+        if self._try_reserve(size):
+            return True
+        # Full: count the batched index writes, then evict least recently used chunks down
+        # to the low watermark, here, for the write that needs the room (an upload or fill
+        # must not wait for the pruner loop, nor skip caching while old chunks could go).
+        self.flush_access_times()
+        if self._try_reserve(size):
+            return True
+        low = int(self.low_watermark * self.max_size)
+        result = pruner.evict(self.env, self.index, self.store, self.pins.snapshot(), above=low, down_to=low)
+        if result.files:
+            self.pending.count("evicted_chunks", result.files)
+            self.pending.count("evicted_bytes", result.bytes)
+        return self._try_reserve(size)
 
     def _after_activity(self) -> None:
         # Batch index writes: at most one flush per flush_interval, off the loop.

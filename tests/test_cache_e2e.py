@@ -191,6 +191,19 @@ def test_uploads_never_exceed_the_limit(start: Start) -> None:
         assert api.stats()["bytes_cached"] <= max_size
 
 
+def test_a_full_cache_makes_room_for_new_uploads_from_the_oldest_chunks(start: Start) -> None:
+    max_size = 12 * CHUNK  # low watermark (0.8): 9.6 chunks
+    _, api = start(cache_max_size=max_size)
+    first = api.new_image(payload(8 * CHUNK, seed=40))
+    second = api.new_image(payload(8 * CHUNK, seed=41))
+    # The second upload is cached whole: the first image's chunks made room, not the new ones.
+    cached = api.cached()
+    assert second in cached and first not in cached
+    stats = api.stats()
+    assert stats["bytes_cached"] <= max_size
+    assert stats["evicted_chunks"] >= 4
+
+
 # --- crashes ------------------------------------------------------------------------------------------
 
 
