@@ -17,7 +17,7 @@ from .machine import describe
 from .progress import Progress
 from .report import write_report
 from .runner import Profile, RunContext, ScenarioResult
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIO_SYSTEMS, SCENARIOS
 
 __all__ = ["main", "run_bench"]
 
@@ -42,8 +42,8 @@ def run_bench(out: Path, *, quick: bool, only: Sequence[str] = (), systems: Sequ
     ctx = RunContext(work, profile or Profile.make(quick), progress, tuple(systems))
     results: list[ScenarioResult] = []
     try:
-        for name in names:
-            progress.begin(name)
+        for k, name in enumerate(names, 1):
+            progress.begin(name, k, len(names))
             try:
                 results.append(SCENARIOS[name](ctx))
             except Exception as exc:  # record and go on: one scenario must not hide the others
@@ -51,6 +51,7 @@ def run_bench(out: Path, *, quick: bool, only: Sequence[str] = (), systems: Sequ
                 r.not_run("all", f"scenario crashed: {type(exc).__name__}: {str(exc)[:300]}")
                 results.append(r)
                 progress.alarm(f"{name} crashed: {exc}")
+            ctx.release({s for later in names[k:] for s in SCENARIO_SYSTEMS.get(later, ())})
     finally:
         ctx.stop_all()
         if owned_work:

@@ -152,12 +152,15 @@ def _requests_inprocess(job: dict[str, Any]) -> ClientRun:
     errors: list[str] = []
     bodies: list[str] = []
     index = [0]
+    # Stop issuing requests after ``max_seconds`` (rates stay honest: they count what completed).
+    max_seconds = job.get("max_seconds")
+    stop_at = time.perf_counter() + float(max_seconds) if max_seconds else float("inf")
 
     def worker() -> None:
         conn, _ = _connect(base, timeout)
         while True:
             with lock:
-                if index[0] >= len(todo):
+                if index[0] >= len(todo) or time.perf_counter() > stop_at:
                     break
                 method, path, body = (todo[index[0]] + (None,))[:3]
                 index[0] += 1
@@ -221,14 +224,17 @@ def run_downloads(fetches: list[Fetch], *, timeout: float = 300.0, headers: dict
 
 
 def run_requests(base: str, requests: list[tuple[Any, ...]], *, concurrency: int, headers: dict[str, str] | None = None,
-                 timeout: float = 30.0, keep_bodies: bool = False) -> ClientRun:
+                 timeout: float = 30.0, keep_bodies: bool = False, max_seconds: float | None = None) -> ClientRun:
     """Issue ``requests`` ((method, path[, json body])) over ``concurrency`` keep-alive connections.
 
-    Results hold ``{"latency": s}`` per request, then ``{"body": text}`` per 2xx answer when ``keep_bodies``.
+    With ``max_seconds``, no request starts after that long: slow calls end the step early
+    instead of the run. Results hold ``{"latency": s}`` per completed request, then
+    ``{"body": text}`` per 2xx answer when ``keep_bodies``.
     """
     job = {"mode": "requests", "base": base, "requests": requests, "concurrency": concurrency,
-           "headers": headers or {}, "timeout": timeout, "keep_bodies": keep_bodies}
-    return _run_child(job, timeout * max(1, len(requests)) + 60)
+           "headers": headers or {}, "timeout": timeout, "keep_bodies": keep_bodies, "max_seconds": max_seconds}
+    # Each request may take ``timeout``; the whole job gets at most an hour (huge values overflow).
+    return _run_child(job, min(timeout * max(1, len(requests)) + 60, 3600))
 
 
 def main() -> int:

@@ -24,9 +24,10 @@ class Progress:
         elapsed = int(time.monotonic() - self.t0)
         print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=self.stream, flush=True)
 
-    def begin(self, scenario: str) -> None:
+    def begin(self, scenario: str, index: int = 0, total: int = 0) -> None:
+        """A new scenario; ``index``/``total`` (1-based) show how far the run has got."""
         self.scenario = scenario
-        self._print(f"== {scenario}")
+        self._print(f"== [{index}/{total}] {scenario}" if total else f"== {scenario}")
 
     def step(self, text: str) -> None:
         self._print(f"{self.scenario} | {text}")

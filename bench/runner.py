@@ -7,6 +7,7 @@ every scenario that wanted it records "not run: <why>" instead of dropping it.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,11 @@ class Profile:
     growth_cache_max: int
     cached_size: int = 256 * MiB
     cached_streams: tuple[int, ...] = (1, 32)
+    storm_repeats: int = 1  # every storm step is cold (fresh images): repeats cost a whole fill each
+    herd_clients: int = 16
+    herd_image_size: int = 64 * MiB
+    herd_rate: int = 32 * MiB
+    meta_step_seconds: float = 10.0  # a cap per show/list step: a slow call must not eat the run
 
     @classmethod
     def make(cls, quick: bool) -> "Profile":
@@ -57,14 +63,16 @@ class Profile:
                 quick=True, repeats=1, storm_nodes=(8, 32), storm_images=(1, 5), storm_image_size=16 * MiB,
                 upstream_rate=32 * MiB, warm_image_size=256 * MiB, warm_nodes=(1, 8), range_image_size=64 * MiB,
                 range_count=8, upload_sizes=(64 * MiB, 256 * MiB), meta_creates=1000, meta_creates_glance=200,
-                meta_requests=100, growth_images=24, growth_image_size=4 * MiB, growth_cache_max=48 * MiB,
+                meta_requests=100, growth_images=48, growth_image_size=4 * MiB, growth_cache_max=128 * MiB,
             )
         return cls(
-            quick=False, repeats=3, storm_nodes=(8, 32, 64), storm_images=(1, 5), storm_image_size=256 * MiB,
-            upstream_rate=64 * MiB, warm_image_size=1024 * MiB, warm_nodes=(1, 8, 32), range_image_size=1024 * MiB,
+            # Sized so a full run fits in 30 minutes on 2 cores: every node hashes what it reads.
+            quick=False, repeats=2, storm_nodes=(8, 32, 64), storm_images=(1, 5), storm_image_size=128 * MiB,
+            upstream_rate=64 * MiB, warm_image_size=512 * MiB, warm_nodes=(1, 8, 32), range_image_size=1024 * MiB,
             range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), meta_creates=100_000, meta_creates_glance=1000,
             meta_requests=1000, growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
-            cached_size=1024 * MiB,
+            cached_size=1024 * MiB, herd_image_size=1024 * MiB, herd_rate=100 * MiB,
+            meta_step_seconds=20.0,
         )
 
 
@@ -180,6 +188,20 @@ class RunContext:
             yield meter.usage
         finally:
             meter.stop()
+
+    def stop_system(self, name: str, *, remove: bool = False) -> None:
+        """Stop one system now; ``remove`` also deletes its work dir (caches of many GiB)."""
+        system = self._systems.pop(name, None)
+        if system is not None:
+            system.stop()
+        if remove:
+            shutil.rmtree(self.work / "systems" / name, ignore_errors=True)
+
+    def release(self, keep: set[str]) -> None:
+        """Stop and remove every started system not in ``keep``: a full run would fill the disk otherwise."""
+        for name in [n for n in self._systems if n not in keep]:
+            self.progress.note(f"stopping {name} (no later scenario uses it)")
+            self.stop_system(name, remove=True)
 
     def stop_all(self) -> None:
         for name, system in reversed(list(self._systems.items())):

@@ -141,3 +141,41 @@ def test_cached_download_compares_imgproxy_with_nginx_and_checks_every_body(tmp_
         ("nginx-direct", 1), ("nginx-direct", 3), ("imgproxy-1w", 1), ("imgproxy-1w", 3)]
     assert all(r["status"] == "ok" and r["failures"] == 0 for r in rows), rows
     assert all(r["vs_nginx"] is not None and r["peak_rss_MiB"] > 0 for r in rows)
+
+
+def _tiny_run(tmp_path: Path, only: list[str], systems: list[str], **sizes: object):
+    import dataclasses
+
+    from bench.__main__ import run_bench
+    from bench.runner import Profile
+
+    tiny = dataclasses.replace(Profile.make(True), **sizes)
+    results, _ = run_bench(tmp_path / "report", quick=True, only=only, systems=systems,
+                           progress=Progress(quiet=True), profile=tiny, work=tmp_path / "work")
+    return {r.name: r for r in results}
+
+
+def test_cold_storm_and_herd_read_each_upstream_byte_once_through_imgproxy_and_nginx_slice(tmp_path: Path) -> None:
+    results = _tiny_run(
+        tmp_path, ["boot_storm", "herd"], ["imgproxy-1w", "nginx-slice-lock"],
+        storm_nodes=(3,), storm_images=(1,), storm_image_size=300 * KiB, upstream_rate=4 << 20,
+        herd_clients=4, herd_image_size=600 * KiB, herd_rate=4 << 20,
+    )
+    storm, herd = results["boot_storm"].rows, results["herd"].rows
+    assert [(r["system"], r["N"]) for r in storm] == [("imgproxy-1w", 3), ("nginx-slice-lock", 3)]
+    assert [r["system"] for r in herd] == ["imgproxy-1w", "nginx-slice-lock"]
+    for row in storm + herd:
+        assert row["status"] == "ok" and row["failures"] == 0, row
+        assert row["upstream_ratio"] == 1.0, row  # one fill, shared by every node
+    assert all(r["alone_s"] and r["vs_alone"] and r["ttfb_p99_s"] is not None for r in herd)
+
+
+def test_growth_prunes_a_shrunk_cache_while_a_node_reads(tmp_path: Path) -> None:
+    results = _tiny_run(tmp_path, ["growth"], ["imgproxy-1w"],
+                        growth_images=12, growth_image_size=64 * KiB, growth_cache_max=1 << 20)
+    rows = results["growth"].rows
+    assert [r["system"] for r in rows] == ["imgproxy-1w", "glance"]
+    row = rows[0]
+    assert row["status"] == "ok" and row["prune_http"] == 200, row
+    assert row["cached_after_MiB"] <= row["shrunk_max_MiB"] and row["pruned_MiB"] > 0, row
+    assert rows[1]["status"].startswith("not run:")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..runner import RunContext, ScenarioResult
-from . import boot_storm, cached_download, growth, metadata, ranged, upload, warm_reads
+from . import boot_storm, cached_download, growth, herd, metadata, ranged, upload, warm_reads
 
-__all__ = ["SCENARIOS"]
+__all__ = ["SCENARIOS", "SCENARIO_SYSTEMS"]
 
 SCENARIOS: dict[str, Callable[[RunContext], ScenarioResult]] = {
     "boot_storm": boot_storm.run,
+    "herd": herd.run,
     "warm_reads": warm_reads.run,
     "ranged": ranged.run,
     "cached_download": cached_download.run,
@@ -18,3 +19,15 @@ SCENARIOS: dict[str, Callable[[RunContext], ScenarioResult]] = {
     "metadata": metadata.run,
     "growth": growth.run,
 }
+
+SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
+    "boot_storm": boot_storm.SYSTEMS,
+    "herd": herd.SYSTEMS,
+    "warm_reads": warm_reads.SYSTEMS,
+    "ranged": ranged.SYSTEMS,
+    "cached_download": cached_download.SYSTEMS,
+    "upload": upload.SYSTEMS,
+    "metadata": metadata.SYSTEMS,
+    "growth": growth.SYSTEMS,
+}
+"""The shared systems each scenario uses, so a run can stop those no later scenario needs."""

@@ -18,7 +18,7 @@ from ..systems.imageapi import ImageApiSystem
 __all__ = ["run"]
 
 NAME = "upload"
-SYSTEMS = ("imgproxy-1w", "glance")
+SYSTEMS = ("imgproxy-1w", "imgproxy-2w", "glance")
 
 
 def _curl_put(url: str, path: str, headers: dict[str, str]) -> tuple[int, float]:
@@ -38,8 +38,10 @@ def _step(ctx: RunContext, system: ImageApiSystem, image: Any) -> dict[str, Any]
         code, seconds = _curl_put(f"{system.url}/v2/images/{image_id}/file", str(image.path), system.headers)
     if code in (404, 405, 501):
         raise NotSupported(f"PUT /v2/images/{{id}}/file answered {code}")
-    body = system.wait_active(image_id, timeout=30)
+    body = system.wait_active(image_id, timeout=30) if code < 300 else {}
     ok = code in (200, 201, 204) and body.get("os_hash_value") == image.sha512 and body.get("checksum") == image.md5
+    # Multi-GiB uploads add up (store + cache, per repeat and system): free the space now.
+    system.delete_image(image_id)
     return {
         "MBps": round(image.size / seconds / 1e6, 1), "seconds": round(seconds, 2), "http": code,
         "digests_ok": ok, "server_cpu_s": usage.cpu_s, "peak_rss_MiB": round(usage.peak_rss / (1 << 20), 1),
@@ -67,17 +69,30 @@ def run(ctx: RunContext) -> ScenarioResult:
                 assert isinstance(system, ImageApiSystem)
                 ctx.progress.step(f"{name} {size >> 20} MiB")
                 try:
-                    row = {"system": name, "size_MiB": size >> 20, **summarize([_step(ctx, system, image) for _ in range(p.repeats)], ("MBps",))}
+                    samples = [_step(ctx, system, image) for _ in range(p.repeats)]
+                    row = {"system": name, "size_MiB": size >> 20, **summarize(samples, ("MBps",))}
                 except NotSupported as exc:
                     result.not_run(name, str(exc), size_MiB=size >> 20)
                     continue
                 except Exception as exc:
                     result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", size_MiB=size >> 20)
                     continue
+                good = [s for s in samples if s["http"] < 300]
+                wrong = [s for s in good if not s["digests_ok"]]
+                codes = sorted({s["http"] for s in samples})
+                row["http"] = ",".join(str(c) for c in codes)
+                row["digests_ok"] = not wrong and bool(good)
+                if good:  # throughput of the uploads that were accepted
+                    row.update(summarize([{k: s[k] for k in ("MBps", "seconds")} for s in good], ("MBps",)))
+                    row["repeats"] = len(samples)
                 row["vs_hash_limit"] = round(row["MBps"] / limit, 2)
-                row["status"] = "ok" if row["digests_ok"] and row["http"] < 300 else "FAILED: wrong digests or status"
-                if row["status"] != "ok":
-                    result.failures.append(f"upload {name} {size >> 20} MiB: HTTP {row['http']}, digests_ok={row['digests_ok']}")
+                if wrong:
+                    row["status"] = f"FAILED: wrong digests in {len(wrong)}/{len(samples)}"
+                    result.failures.append(f"upload {name} {size >> 20} MiB: wrong digests after HTTP {row['http']}")
+                elif len(good) < len(samples):
+                    row["status"] = f"refused {len(samples) - len(good)}/{len(samples)}: HTTP {row['http']}"
+                else:
+                    row["status"] = "ok"
                 result.rows.append(row)
         finally:
             image.path.unlink(missing_ok=True)

@@ -92,6 +92,14 @@ class ImageApiSystem(System):
                     return body
                 time.sleep(0.05)
 
+    def delete_image(self, image_id: str) -> None:
+        """Delete the image (and its stored data); errors are ignored: this only frees space."""
+        with self.client() as c:
+            try:
+                c.delete(f"/v2/images/{image_id}")
+            except httpx.HTTPError:
+                pass
+
     def file_url(self, image_id: str) -> str:
         return f"{self.url}/v2/images/{image_id}/file"
 

@@ -76,6 +76,12 @@ class ImgproxySystem(ImageApiSystem):
         self.stop()
         raise SystemUnavailable(f"imgproxy did not answer /versions within {timeout}s: {self.log_tail()}")
 
+    def restart(self, **config: object) -> "ImgproxySystem":
+        """Stop, change settings, start again on the same port and data dir (as an operator would)."""
+        self.stop()
+        self.config = {**self.config, **config}
+        return self.start()
+
     def log_tail(self) -> str:
         try:
             return (self.root / "server.log").read_text(errors="replace")[-1500:]

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,6 +77,28 @@ class Upstream(_NginxSystem):
 
     def request_count(self) -> int:
         return len(self.server.requests())
+
+    def usage_for(self, names: Iterable[str], settle: float = 0.3, timeout: float = 30.0) -> tuple[int, int]:
+        """``(body bytes, requests)`` the upstream served for these file names, once the log settles.
+
+        Counting by name keeps steps apart: a fill that starts early (imgproxy starts one
+        when a location is registered) or ends late is still charged to its own step.
+        nginx logs a request when it ends, so wait until two reads ``settle`` s apart agree.
+        """
+        wanted = {"/" + n for n in names}
+        deadline = time.monotonic() + timeout
+        last: tuple[int, int] | None = None
+        while True:
+            total = count = 0
+            for line in self.server.requests():
+                parts = line.split(" ")
+                if len(parts) >= 5 and parts[1].split("?")[0] in wanted and parts[4].isdigit():
+                    total += int(parts[4])
+                    count += 1
+            if (total, count) == last or time.monotonic() > deadline:
+                return total, count
+            last = (total, count)
+            time.sleep(settle)
 
 
 class NginxDirect(_NginxSystem):

@@ -1,0 +1,119 @@
+"""Issue 3's herd target: 16 clients at once on one cold image behind a ~100 MB/s upstream.
+
+For each caching system the same workload runs twice on fresh (cold) content: one client
+alone, then the herd. Reported: upstream bytes / image size for the herd (1.0 = every
+byte read once), the herd's total time as a multiple of the lone client's time, and the
+herd's TTFB p50/p99. The full profile uses a 1 GiB image at ``limit_rate 100m``; quick
+uses a smaller image.
+
+``limit_rate`` is per connection: a system that fetches with several ranged requests at
+once (imgproxy's read-ahead, nginx's slices) gets a multiple of the rate. That is how
+the systems really behave against such an upstream, so the count of upstream requests
+is shown next to the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..clients import Fetch, run_downloads
+from ..images import make_image
+from ..runner import RunContext, ScenarioResult, percentile
+from ..systems.base import ImageFile, NotSupported, System
+
+__all__ = ["run"]
+
+NAME = "herd"
+SYSTEMS = ("imgproxy-1w", "imgproxy-2w", "glance", "nginx-cache-lock", "nginx-slice-lock")
+
+
+def _linked(image: ImageFile, name: str) -> ImageFile:
+    """The same bytes under another name (a hard link): cold for a system that never read it.
+
+    Each system has its own cache, so content can be shared across systems; within one
+    system the lone and herd images differ in content (imgproxy dedups by content).
+    """
+    link = image.path.with_name(name)
+    link.unlink(missing_ok=True)
+    os.link(image.path, link)
+    return ImageFile(link, image.size, image.sha512, image.md5)
+
+
+def _fetch_all(ctx: RunContext, system: System, image: ImageFile, clients: int) -> dict[str, Any]:
+    p = ctx.profile
+    try:
+        url = system.cold_url(image, ctx.upstream.url_for(image, p.herd_rate))
+        with ctx.metered(system) as usage:
+            run = run_downloads([Fetch(url, image.sha512, image.size) for _ in range(clients)], timeout=900)
+        pulled, requests = ctx.upstream.usage_for([image.name])
+    finally:
+        image.path.unlink(missing_ok=True)
+    totals = [r["total"] for r in run.results if r["total"] is not None]
+    ttfbs = [r["ttfb"] for r in run.results if r["ttfb"] is not None]
+    bad = [r for r in run.results if not r["ok"]]
+    return {
+        "total_s": max(totals) if totals else None, "total_p50_s": percentile(totals, 50),
+        "ttfb_p50_s": percentile(ttfbs, 50), "ttfb_p99_s": percentile(ttfbs, 99),
+        "pulled": pulled, "requests": requests, "bad": bad,
+        "cpu_s": usage.cpu_s, "rss": usage.peak_rss,
+    }
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def run(ctx: RunContext) -> ScenarioResult:
+    p = ctx.profile
+    n = p.herd_clients
+    result = ScenarioResult(
+        NAME,
+        f"Herd: {n} clients at once on one cold {p.herd_image_size >> 20} MiB image, upstream "
+        f"{p.herd_rate >> 20} MiB/s per connection, vs one client alone",
+        ["system", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "ttfb_p50_s", "ttfb_p99_s",
+         "upstream_ratio", "upstream_requests", "failures", "peak_rss_MiB", "server_cpu_s", "status"],
+        plot={"x": "", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
+    )
+    lone = make_image(ctx.upstream_root, "herd-lone-base.img", p.herd_image_size)
+    herd = make_image(ctx.upstream_root, "herd-herd-base.img", p.herd_image_size)
+    try:
+        for name in SYSTEMS:
+            system = ctx.system_or_row(result, name, clients=n)
+            if system is None:
+                continue
+            try:
+                ctx.progress.step(f"{name}: 1 client alone")
+                alone = _fetch_all(ctx, system, _linked(lone, f"herd-{name}-lone.img"), 1)
+                ctx.progress.step(f"{name}: {n} clients")
+                many = _fetch_all(ctx, system, _linked(herd, f"herd-{name}-herd.img"), n)
+            except NotSupported as exc:
+                result.not_run(name, str(exc), clients=n)
+                continue
+            except Exception as exc:  # a broken system must not end the whole run
+                result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", clients=n)
+                continue
+            bad = alone["bad"] + many["bad"]
+            row = {
+                "system": name, "clients": n, "alone_s": _r(alone["total_s"]), "total_s": _r(many["total_s"]),
+                "total_p50_s": _r(many["total_p50_s"]),
+                "vs_alone": _r(many["total_s"] / alone["total_s"], 2) if many["total_s"] and alone["total_s"] else None,
+                "ttfb_p50_s": _r(many["ttfb_p50_s"]), "ttfb_p99_s": _r(many["ttfb_p99_s"]),
+                "upstream_ratio": round(many["pulled"] / p.herd_image_size, 2),
+                "upstream_ratio_alone": round(alone["pulled"] / p.herd_image_size, 2),
+                "upstream_requests": many["requests"], "failures": len(bad),
+                "peak_rss_MiB": round(many["rss"] / (1 << 20), 1), "server_cpu_s": many["cpu_s"],
+                "status": "ok" if not bad else f"FAILED: {len(bad)} clients: {bad[0]['error'][:150]}",
+            }
+            if bad:
+                result.failures.append(f"herd {name}: {len(bad)} clients got wrong or missing bytes ({bad[0]['error'][:150]})")
+                ctx.progress.alarm(result.failures[-1])
+            result.rows.append(row)
+    finally:
+        lone.path.unlink(missing_ok=True)
+        herd.path.unlink(missing_ok=True)
+    result.notes.append("Targets (issue 3): upstream_ratio 1.0 (each byte read once), vs_alone close to 1 "
+                        "(anchor: nginx slice + lock ~1.2x), TTFB p99 small (no client waits for the whole fill).")
+    result.notes.append("upstream_requests counts the herd's requests to the upstream (HEADs included): "
+                        "limit_rate is per connection, so parallel ranged fetches get a multiple of the rate.")
+    return result
