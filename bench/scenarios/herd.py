@@ -20,12 +20,15 @@ from typing import Any
 from ..clients import Fetch, run_downloads
 from ..images import make_image
 from ..runner import RunContext, ScenarioResult, percentile
+from .cached_download import curl_many
 from ..systems.base import ImageFile, NotSupported, System
 
 __all__ = ["run"]
 
 NAME = "herd"
 SYSTEMS = ("imgproxy-1w", "imgproxy-2w", "glance", "nginx-cache-lock", "nginx-slice-lock")
+# Node kinds: hashing Python nodes (every byte checked) and plain curls (the anchor's way).
+KINDS = ("sha512", "curl")
 
 
 def _linked(image: ImageFile, name: str) -> ImageFile:
@@ -40,18 +43,27 @@ def _linked(image: ImageFile, name: str) -> ImageFile:
     return ImageFile(link, image.size, image.sha512, image.md5)
 
 
-def _fetch_all(ctx: RunContext, system: System, image: ImageFile, clients: int) -> dict[str, Any]:
+def _fetch_all(ctx: RunContext, system: System, image: ImageFile, clients: int, kind: str) -> dict[str, Any]:
+    """``kind`` "sha512": Python nodes that hash what they get; "curl": curls to /dev/null
+    (what the nginx anchor was measured with: on 2 cores, 16 hashing nodes limit the run)."""
     p = ctx.profile
     try:
         url = system.cold_url(image, ctx.upstream.url_for(image, p.herd_rate))
         with ctx.metered(system) as usage:
-            run = run_downloads([Fetch(url, image.sha512, image.size) for _ in range(clients)], timeout=900)
+            if kind == "curl":
+                results = curl_many(url, clients, timeout=900)
+                for r in results:
+                    if r["ok"] and r["bytes"] != image.size:
+                        r.update(ok=False, error=f"{r['bytes']} bytes, expected {image.size}")
+            else:
+                results = run_downloads([Fetch(url, image.sha512, image.size) for _ in range(clients)],
+                                        timeout=900).results
         pulled, requests = ctx.upstream.usage_for([image.name])
     finally:
         image.path.unlink(missing_ok=True)
-    totals = [r["total"] for r in run.results if r["total"] is not None]
-    ttfbs = [r["ttfb"] for r in run.results if r["ttfb"] is not None]
-    bad = [r for r in run.results if not r["ok"]]
+    totals = [r["total"] for r in results if r.get("total") is not None]
+    ttfbs = [r["ttfb"] for r in results if r.get("ttfb") is not None]
+    bad = [r for r in results if not r["ok"]]
     return {
         "total_s": max(totals) if totals else None, "total_p50_s": percentile(totals, 50),
         "ttfb_p50_s": percentile(ttfbs, 50), "ttfb_p99_s": percentile(ttfbs, 99),
@@ -71,31 +83,34 @@ def run(ctx: RunContext) -> ScenarioResult:
         NAME,
         f"Herd: {n} clients at once on one cold {p.herd_image_size >> 20} MiB image, upstream "
         f"{p.herd_rate >> 20} MiB/s per connection, vs one client alone",
-        ["system", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "ttfb_p50_s", "ttfb_p99_s",
+        ["system", "client", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "ttfb_p50_s", "ttfb_p99_s",
          "upstream_ratio", "upstream_requests", "failures", "peak_rss_MiB", "server_cpu_s", "status"],
-        plot={"x": "", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
+        plot={"x": "client", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
     )
-    lone = make_image(ctx.upstream_root, "herd-lone-base.img", p.herd_image_size)
-    herd = make_image(ctx.upstream_root, "herd-herd-base.img", p.herd_image_size)
+    bases = {
+        (kind, role): make_image(ctx.upstream_root, f"herd-{kind}-{role}-base.img", p.herd_image_size)
+        for kind in KINDS for role in ("lone", "herd")
+    }
     try:
-        for name in SYSTEMS:
-            system = ctx.system_or_row(result, name, clients=n)
+        for name, kind in ((name, kind) for kind in KINDS for name in SYSTEMS):
+            system = ctx.system_or_row(result, name, clients=n, client=kind)
             if system is None:
                 continue
             try:
-                ctx.progress.step(f"{name}: 1 client alone")
-                alone = _fetch_all(ctx, system, _linked(lone, f"herd-{name}-lone.img"), 1)
-                ctx.progress.step(f"{name}: {n} clients")
-                many = _fetch_all(ctx, system, _linked(herd, f"herd-{name}-herd.img"), n)
+                ctx.progress.step(f"{name}: 1 {kind} client alone")
+                alone = _fetch_all(ctx, system, _linked(bases[kind, "lone"], f"herd-{name}-{kind}-lone.img"), 1, kind)
+                ctx.progress.step(f"{name}: {n} {kind} clients")
+                many = _fetch_all(ctx, system, _linked(bases[kind, "herd"], f"herd-{name}-{kind}-herd.img"), n, kind)
             except NotSupported as exc:
-                result.not_run(name, str(exc), clients=n)
+                result.not_run(name, str(exc), clients=n, client=kind)
                 continue
             except Exception as exc:  # a broken system must not end the whole run
-                result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", clients=n)
+                result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", clients=n, client=kind)
                 continue
             bad = alone["bad"] + many["bad"]
             row = {
-                "system": name, "clients": n, "alone_s": _r(alone["total_s"]), "total_s": _r(many["total_s"]),
+                "system": name, "client": kind, "clients": n,
+                "alone_s": _r(alone["total_s"]), "total_s": _r(many["total_s"]),
                 "total_p50_s": _r(many["total_p50_s"]),
                 "vs_alone": _r(many["total_s"] / alone["total_s"], 2) if many["total_s"] and alone["total_s"] else None,
                 "ttfb_p50_s": _r(many["ttfb_p50_s"]), "ttfb_p99_s": _r(many["ttfb_p99_s"]),
@@ -110,8 +125,8 @@ def run(ctx: RunContext) -> ScenarioResult:
                 ctx.progress.alarm(result.failures[-1])
             result.rows.append(row)
     finally:
-        lone.path.unlink(missing_ok=True)
-        herd.path.unlink(missing_ok=True)
+        for base in bases.values():
+            base.path.unlink(missing_ok=True)
     result.notes.append("Targets (issue 3): upstream_ratio 1.0 (each byte read once), vs_alone close to 1 "
                         "(anchor: nginx slice + lock ~1.2x), TTFB p99 small (no client waits for the whole fill).")
     result.notes.append("upstream_requests counts the herd's requests to the upstream (HEADs included): "
