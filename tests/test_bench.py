@@ -163,7 +163,9 @@ def test_cold_storm_and_herd_read_each_upstream_byte_once_through_imgproxy_and_n
     )
     storm, herd = results["boot_storm"].rows, results["herd"].rows
     assert [(r["system"], r["N"]) for r in storm] == [("imgproxy-1w", 3), ("nginx-slice-lock", 3)]
-    assert [r["system"] for r in herd] == ["imgproxy-1w", "nginx-slice-lock"]
+    assert [(r["system"], r["client"]) for r in herd] == [
+        ("imgproxy-1w", "sha512"), ("nginx-slice-lock", "sha512"), ("imgproxy-1w", "curl"), ("nginx-slice-lock", "curl")
+    ]
     for row in storm + herd:
         assert row["status"] == "ok" and row["failures"] == 0, row
         assert row["upstream_ratio"] == 1.0, row  # one fill, shared by every node
