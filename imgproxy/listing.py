@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -317,10 +317,15 @@ def list_images(registry: Registry, ctx: RequestContext, q: ListQuery) -> tuple[
                 if len(page) >= q.limit:
                     break
         else:
-            records = list(lister.candidates(None))
+            # No index holds this order: every candidate is read, but only a page's worth is
+            # kept (a bounded heap), so memory stays O(limit) whatever the number of images.
+            records: Iterable[dict[str, Any]] = lister.candidates(None)
             if marker_record is not None:
-                records = [r for r in records if _compare(r, marker_record, q.sort) > 0]
-            records.sort(key=functools.cmp_to_key(lambda a, b: _compare(a, b, q.sort)))
-            page = records[: q.limit]
+                records = (r for r in records if _compare(r, marker_record, q.sort) > 0)
+            def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
+                return _compare(a, b, q.sort)
+
+            order = functools.cmp_to_key(compare)
+            page = heapq.nsmallest(q.limit, records, key=order)
     next_marker = page[-1]["id"] if len(page) == q.limit else None
     return page, next_marker
