@@ -1,4 +1,4 @@
-"""Chunk files written by ingest (O_DIRECT where possible) hold exactly the chunk's bytes."""
+"""Chunk files written by ingest hold exactly the chunk's bytes, whatever the size or alignment."""
 
 from __future__ import annotations
 
