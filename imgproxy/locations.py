@@ -20,19 +20,15 @@ pass runs in one process only (an ``flock`` per image under ``<data>/location-pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from backends import BackendError, ByteRange
 from cache import CacheError, ImageDigests, Manifest
+from cache.fill import try_lock, unlock
 
 if TYPE_CHECKING:
     from .service import Service
@@ -40,25 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["LocationPasses"]
 
 log = logging.getLogger("imgproxy.locations")
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[bool]:
-    """Hold a non-blocking ``flock`` on ``path``; yields False if another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-    finally:
-        os.close(fd)
 
 
 class LocationPasses:
@@ -102,11 +79,16 @@ class LocationPasses:
     async def _guarded(self, image_id: str, url: str, mode: str) -> None:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with _exclusive(self.lock_dir / f"{image_id}.lock") as mine:
-                # Another worker runs it, or ran it between our listing and our lock.
-                if not mine or (image_id, url, mode) not in self.service.registry.location_passes():
-                    return
-                await self._run(image_id, url, mode)
+            lock = self.lock_dir / f"{image_id}.lock"
+            fd = try_lock(lock)
+            if fd is None:
+                return  # another worker runs it
+            try:
+                # It may have run in another worker between our listing and our lock.
+                if (image_id, url, mode) in self.service.registry.location_passes():
+                    await self._run(image_id, url, mode)
+            finally:
+                unlock(lock, fd)
         except asyncio.CancelledError:
             raise
         except Exception:
