@@ -8,6 +8,8 @@ the slow upstream) is the system's business. A capability a system lacks raises
 
 from __future__ import annotations
 
+import abc
+
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ class ImageFile:
         return self.path.name
 
 
-class System:
+class System(abc.ABC):
     """Base for all systems. ``pid`` is the root of the server's process tree while it runs."""
 
     kind = "system"
@@ -53,11 +55,13 @@ class System:
         self.pid: int | None = None
         self.url = ""
 
+    @abc.abstractmethod
     def start(self) -> "System":
-        raise NotImplementedError
+        """Start the server (and whatever it needs); return self once it answers."""
 
+    @abc.abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop every process of the server, by PID; safe to call twice."""
 
     def cold_url(self, image: ImageFile, upstream_url: str) -> str:
         """A URL that serves ``image`` whose bytes live only on the upstream (not read yet)."""
