@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.systems.imgproxy import toml_text
+
 __all__ = ["ServerProcess", "free_port"]
 
 
@@ -54,15 +56,7 @@ class ServerProcess:
         if not self.config:
             return None
         path = self.data_dir.parent / f"{self.data_dir.name}-config.toml"
-        lines = []
-        for key, value in self.config.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, (int, float)):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f'{key} = "{value}"')
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(toml_text(self.config))
         return path
 
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import httpx
 
 from .base import SystemUnavailable, free_port
 from .imageapi import ImageApiSystem
-from .procs import wait_gone
+from .procs import stop_tree
 
 __all__ = ["GlanceSystem", "glance_venv", "setup_glance", "GLANCE_VERSION", "UWSGI_VERSION"]
 
@@ -226,14 +225,7 @@ class GlanceSystem(ImageApiSystem):
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        wait_gone(self.proc.pid, 3)
+        stop_tree(self.proc)
         self.proc = None
         self.pid = None
 

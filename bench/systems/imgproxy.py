@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,12 +13,13 @@ import httpx
 
 from .base import SystemUnavailable, free_port
 from .imageapi import ImageApiSystem
-from .procs import tree_pids, wait_gone
+from .procs import stop_tree
 
-__all__ = ["ImgproxySystem"]
+__all__ = ["ImgproxySystem", "toml_text"]
 
 
-def _toml(config: Mapping[str, object]) -> str:
+def toml_text(config: Mapping[str, object]) -> str:
+    """Flat TOML for imgproxy settings (strings, numbers, booleans)."""
     lines = []
     for key, value in config.items():
         if isinstance(value, bool):
@@ -53,7 +53,7 @@ class ImgproxySystem(ImageApiSystem):
     def start(self, timeout: float = 30.0) -> "ImgproxySystem":
         self.root.mkdir(parents=True, exist_ok=True)
         conf = self.root / "imgproxy.toml"
-        conf.write_text(_toml(self.config))
+        conf.write_text(toml_text(self.config))
         args = [
             sys.executable, "-m", "imgproxy", "serve", "--noauth", "--data-dir", str(self.data_dir),
             "--port", str(self.port), "--workers", str(self.workers), "--config", str(conf),
@@ -91,17 +91,6 @@ class ImgproxySystem(ImageApiSystem):
     def stop(self) -> None:
         if self.proc is None:
             return
-        # Workers may still be exiting when the master is gone: wait for the whole tree.
-        pids = tree_pids(self.proc.pid) if self.proc.poll() is None else []
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        wait_gone(self.proc.pid, 3)
-        for pid in pids:
-            wait_gone(pid, 10)
+        stop_tree(self.proc)
         self.proc = None
         self.pid = None

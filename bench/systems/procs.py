@@ -9,11 +9,13 @@ CPU seconds the tree used while the meter ran.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["TreeMeter", "TreeUsage", "tree_pids", "cpu_seconds", "rss_bytes", "is_running"]
+__all__ = ["TreeMeter", "TreeUsage", "tree_pids", "cpu_seconds", "rss_bytes", "is_running", "stop_tree"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -143,3 +145,19 @@ def wait_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return not is_running(pid)
+
+
+def stop_tree(proc: "subprocess.Popen[bytes]", timeout: float = 20.0) -> None:
+    """SIGTERM the server ``proc`` (SIGKILL after ``timeout``) and wait until its whole
+    process tree is gone: workers may still be exiting when the master has."""
+    pids = tree_pids(proc.pid) if proc.poll() is None else []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    wait_gone(proc.pid, 3)
+    for pid in pids:
+        wait_gone(pid, 10)
