@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
-import mmap
 import os
 import secrets
 import time
@@ -41,6 +39,7 @@ from .base import (
     BackendUnavailable,
     ByteRange,
 )
+from .direct_io import DirectFile, create_exclusive, write_all
 
 __all__ = ["FileBackend", "FileWriter", "TEMP_PREFIX"]
 
@@ -50,14 +49,6 @@ TEMP_PREFIX = ".tmp-"
 # background, so the final fsync does not have to push the whole image to disk at once
 # (the kernel would otherwise hold up to dirty_background_ratio of RAM, GiBs, until commit).
 WRITEBACK_EVERY = 64 * 1024 * 1024
-
-# O_DIRECT wants buffer address, file offset and length aligned to the logical block
-# size (512 B or 4 KiB on common disks): 4 KiB suits both.
-DIRECT_ALIGN = 4096
-# Direct writes go through one page-aligned staging buffer per writer (one memcpy per
-# byte, ~0.1 s/GiB): callers may pass any buffer, of any length.
-DIRECT_STAGING = 4 * PIECE_SIZE
-
 
 def _translate(exc: OSError, location: str) -> BackendError:
     if exc.errno == errno.ENOENT:
@@ -73,97 +64,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _create(temp: Path, direct_io: bool) -> tuple[int, bool]:
-    """Create ``temp`` for writing; ``(fd, True)`` if it is open with ``O_DIRECT``."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    if direct_io:
-        try:
-            return os.open(temp, flags | os.O_DIRECT, 0o640), True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # e.g. a filesystem without direct I/O
-                raise
-    return os.open(temp, flags, 0o640), False
-
-
-class _DirectFile:
-    """Sequential writes to ``fd`` (opened with ``O_DIRECT``) through an aligned staging buffer.
-
-    Sync and blocking; not safe for concurrent use. :meth:`finish` writes the tail
-    (padded to the alignment, then truncated to the true size); the caller fsyncs.
-    If the filesystem rejects a direct write (EINVAL), the descriptor is switched to
-    buffered I/O and writing goes on from the same offset.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.direct = True
-        self._staging = mmap.mmap(-1, DIRECT_STAGING)  # anonymous maps are page-aligned
-        self._view = memoryview(self._staging)
-        self._held = 0  # bytes waiting in the staging buffer
-        self._offset = 0  # bytes on disk (a multiple of DIRECT_ALIGN while direct)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        if not self.direct:
-            _write_all(self.fd, view)
-            return
-        while view:
-            take = min(len(view), DIRECT_STAGING - self._held)
-            self._view[self._held:self._held + take] = view[:take]
-            self._held += take
-            view = view[take:]
-            if self._held == DIRECT_STAGING:
-                self._flush(DIRECT_STAGING)
-
-    def _flush(self, length: int) -> None:
-        """Write ``length`` (aligned) staged bytes at the current offset."""
-        done = 0
-        while done < length:
-            try:
-                n = os.pwrite(self.fd, self._view[done:length], self._offset + done)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or done:
-                    raise
-                self._to_buffered()
-                _write_all(self.fd, self._view[:self._held])
-                self._held = 0
-                return
-            if n <= 0 or n % DIRECT_ALIGN:
-                raise OSError(errno.EIO, f"short direct write ({n} of {length - done} bytes)")
-            done += n
-        self._offset += done
-        self._held = 0
-
-    def _to_buffered(self) -> None:
-        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-        os.lseek(self.fd, self._offset, os.SEEK_SET)
-        self.direct = False
-
-    def finish(self) -> None:
-        """Write what is staged; the file then holds exactly the bytes written."""
-        if not self.direct or not self._held:
-            return
-        size = self._offset + self._held
-        padded = -(-self._held // DIRECT_ALIGN) * DIRECT_ALIGN
-        self._view[self._held:padded] = bytes(padded - self._held)
-        self._flush(padded)
-        if self.direct:
-            os.ftruncate(self.fd, size)
-            self._offset = size
-
-    def close(self) -> None:
-        self._view.release()
-        self._staging.close()
-
-
 class FileWriter:
     """One object being written to a temp file; see :class:`backends.base.Writer`.
 
@@ -174,7 +74,7 @@ class FileWriter:
         self._backend = backend
         self._image_id = image_id
         self._fd: int | None = fd
-        self._direct = _DirectFile(fd) if direct else None
+        self._direct = DirectFile(fd) if direct else None
         self._temp = temp
         self._committed = False
         self._aborted = False
@@ -197,7 +97,7 @@ class FileWriter:
                     self.bytes_written += len(data)
                     return  # nothing dirty in the page cache to push out early
             else:
-                await to_thread.run_sync(_write_all, fd, data)
+                await to_thread.run_sync(write_all, fd, data)
             self._unsynced += len(data)
             if self._unsynced >= WRITEBACK_EVERY and (self._syncing is None or self._syncing.done()):
                 if self._syncing is not None:
@@ -371,7 +271,7 @@ class FileBackend:
         self._check_id(image_id, image_id)
         temp = self.root / f"{TEMP_PREFIX}{image_id}-{secrets.token_hex(6)}"
         try:
-            fd, direct = await to_thread.run_sync(_create, temp, self.direct_io)
+            fd, direct = await to_thread.run_sync(create_exclusive, temp, 0o640, self.direct_io)
         except OSError as exc:
             raise _translate(exc, str(temp)) from exc
         return FileWriter(self, image_id, fd, temp, direct=direct)

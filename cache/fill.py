@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend
+from backends.direct_io import write_all
 
 from .chunks import ChunkStore, WriteOutcome, address_of
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
@@ -350,7 +351,7 @@ class FillRunner:
                     self.pending.count("bytes_upstream", len(piece))
                     if part_fd is not None:
                         try:
-                            await self._io(_write_all, part_fd, piece)
+                            await self._io(write_all, part_fd, piece)
                         except OSError as exc:
                             log.error("cannot write fill file (%s); serving without caching", exc)
                             os.close(part_fd)
@@ -387,8 +388,3 @@ def _write_address(path: Path, address: bytes) -> None:
     tmp.write_bytes(address)
     os.replace(tmp, path)
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
