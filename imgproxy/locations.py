@@ -102,7 +102,7 @@ class LocationPasses:
             service.registry.drop_location(image_id, url)  # only forgets the owed pass
             return
         try:
-            digests = await self._read_all(record, url, int(size))
+            digests = await self._read_all(record, url, int(size), background=mode == "verify")
         except (CacheError, BackendError) as exc:
             if mode == "digest":
                 service.registry.drop_location(image_id, url)
@@ -116,7 +116,7 @@ class LocationPasses:
         else:
             self._verify(record, url, digests)
 
-    async def _read_all(self, record: dict[str, Any], url: str, size: int) -> ImageDigests:
+    async def _read_all(self, record: dict[str, Any], url: str, size: int, *, background: bool) -> ImageDigests:
         """Read the whole image through the cache (filling it); return its digests."""
         service = self.service
         image_id: str = record["id"]
@@ -126,7 +126,8 @@ class LocationPasses:
             manifest = Manifest.unknown(size, service.settings.chunk_size, checksum=record.get("checksum"),
                                         os_hash_value=record.get("os_hash_value"))
             service.cache.put_manifest(image_id, manifest)
-        digests = ImageDigests()
+        # A verify pass checks an image already in service: its hashing yields the CPU to serving.
+        digests = ImageDigests(background=background)
         try:
             async for piece in service.cache.read(image_id, manifest, ByteRange(0, size), backend, url,
                                                   count_hit=False):
