@@ -62,12 +62,17 @@ class FillSpec:
 class Fill:
     """The bytes of one chunk as they arrive, for any number of in-process waiters.
 
-    Driven by one task (:class:`FillRunner`); all methods run on the event loop.
+    Driven by one task (:class:`FillRunner`); all methods run on the event loop. The
+    chunk's buffer is allocated whole and only ever appended to, so waiters are handed
+    read-only views of it instead of copies (16 waiters on one fill would otherwise copy
+    every byte 16 times on the event loop).
     """
 
     def __init__(self, spec: FillSpec) -> None:
         self.spec = spec
-        self.buf = bytearray()
+        self._buf = bytearray(spec.span.length)
+        self._view = memoryview(self._buf)
+        self.filled = 0  # bytes in so far
         self.done = False
         self.verified = False  # all bytes in and matching the known address
         self.error: BaseException | None = None
@@ -81,8 +86,17 @@ class Fill:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    @property
+    def got(self) -> memoryview:
+        """The bytes in so far (read-only)."""
+        return self._view[:self.filled].toreadonly()
+
     def append(self, data: bytes | memoryview) -> None:
-        self.buf += data
+        end = self.filled + len(data)
+        if end > self.length:
+            raise ValueError(f"fill of {self.spec.key}: {end} bytes for a chunk of {self.length}")
+        self._view[self.filled:end] = data
+        self.filled = end
         self._notify()
 
     def mark_verified(self) -> None:
@@ -97,7 +111,7 @@ class Fill:
         self.error = exc
         self._notify()
 
-    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
         """Yield bytes ``start``..``end`` of the chunk as they arrive (pieces <= PIECE_SIZE).
 
         Raises the fill's error if it fails before ``end`` is reached. When the chunk's
@@ -106,12 +120,12 @@ class Fill:
         """
         pos = start
         while pos < end:
-            avail = min(len(self.buf), end)
+            avail = min(self.filled, end)
             if avail == end and not self.verified and self.spec.address is not None:
                 avail = end - 1
             if pos < avail:
                 stop = min(avail, pos + PIECE_SIZE)
-                piece = bytes(self.buf[pos:stop])
+                piece = self._view[pos:stop].toreadonly()
                 pos = stop
                 yield piece
                 continue
@@ -242,7 +256,7 @@ class FillRunner:
         except FileNotFoundError:
             return
         try:
-            data = os.pread(fd, fill.length - len(fill.buf), len(fill.buf))
+            data = os.pread(fd, fill.length - fill.filled, fill.filled)
         finally:
             os.close(fd)
         if data:
@@ -260,17 +274,17 @@ class FillRunner:
             except CacheError:
                 data = None
             if data is not None:  # another process finished it
-                if data[:len(fill.buf)] != fill.buf:
+                if not data.startswith(fill.got):
                     raise UpstreamCorrupt("tailed bytes differ from the chunk", image_id=spec.image_id,
                                           offset=spec.span.start)
-                fill.append(data[len(fill.buf):])
+                fill.append(memoryview(data)[fill.filled:])
                 self.pending.touch(known)
                 return
         part_fd: int | None
         try:
             part_fd = os.open(part_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            if fill.buf:
-                await self._io(os.write, part_fd, bytes(fill.buf))
+            if fill.filled:
+                await self._io(write_all, part_fd, fill.got)
         except OSError as exc:
             log.error("cannot write %s (%s); serving from the store without caching", part_path, exc)
             part_fd = None
@@ -284,7 +298,7 @@ class FillRunner:
             # The thread must be done with part_path before the caller removes it, even
             # if this task is cancelled meanwhile.
             future = asyncio.get_running_loop().run_in_executor(
-                self.executor, self._publish, fd, part_path, address, bytes(fill.buf))
+                self.executor, self._publish, fd, part_path, address, fill.got)
             try:
                 outcome = await asyncio.shield(future)
             except asyncio.CancelledError:
@@ -308,7 +322,7 @@ class FillRunner:
                 with contextlib.suppress(OSError):
                     _write_address(addr_path, address)
 
-    def _publish(self, fd: int, part_path: Path, address: bytes, data: bytes) -> WriteOutcome | None:
+    def _publish(self, fd: int, part_path: Path, address: bytes, data: memoryview) -> WriteOutcome | None:
         try:
             try:
                 os.fsync(fd)
@@ -320,7 +334,7 @@ class FillRunner:
             return None
 
     def _check_address(self, fill: Fill) -> bytes:
-        address = address_of(fill.buf)
+        address = address_of(fill.got)
         if fill.spec.address is not None and address != fill.spec.address:
             raise UpstreamCorrupt(
                 f"store bytes of chunk {fill.spec.index} do not match the manifest",
@@ -332,18 +346,18 @@ class FillRunner:
         (``None`` if writing it failed)."""
         spec = fill.spec
         failures = 0
-        while len(fill.buf) < fill.length:
-            start = spec.span.start + len(fill.buf)
+        while fill.filled < fill.length:
+            start = spec.span.start + fill.filled
             it = spec.source.read(spec.location, ByteRange(start, spec.span.end))
             progressed = False
             try:
-                while len(fill.buf) < fill.length:
+                while fill.filled < fill.length:
                     try:
                         async with asyncio.timeout(self.stall_timeout):
                             piece = await anext(it)
                     except StopAsyncIteration:
-                        raise BackendError(f"store ended at {spec.span.start + len(fill.buf)}") from None
-                    piece = piece[:fill.length - len(fill.buf)]
+                        raise BackendError(f"store ended at {spec.span.start + fill.filled}") from None
+                    piece = piece[:fill.length - fill.filled]
                     if not piece:
                         continue
                     fill.append(piece)
@@ -362,10 +376,10 @@ class FillRunner:
                 failures = 1 if progressed else failures + 1
                 if failures > self.retries:
                     raise UpstreamFailed(f"store failed after {self.retries} retries: {exc}",
-                                         image_id=spec.image_id, offset=spec.span.start + len(fill.buf)) from exc
+                                         image_id=spec.image_id, offset=spec.span.start + fill.filled) from exc
                 self.pending.count("upstream_retries")
                 log.warning("store read of %s failed at %d (%s); retrying", spec.location,
-                            spec.span.start + len(fill.buf), exc)
+                            spec.span.start + fill.filled, exc)
                 await asyncio.sleep(min(0.02 * 2 ** failures, 1.0))
             finally:
                 aclose = getattr(it, "aclose", None)

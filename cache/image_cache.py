@@ -47,7 +47,7 @@ class ImageCache:
     def __init__(self, root: Path, env: lmdb.Environment, *, chunk_size: int, max_size: int,
                  high_watermark: float, low_watermark: float, upstream_retries: int,
                  audit_bytes_per_second: int, stale_temp_age: float, stall_timeout: float = 60.0,
-                 flush_interval: float = 1.0, io_threads: int = 4) -> None:
+                 flush_interval: float = 1.0, io_threads: int = 4, readahead_chunks: int = 2) -> None:
         self.chunk_size = chunk_size
         self.max_size = max_size
         self.high_watermark = high_watermark
@@ -66,7 +66,8 @@ class ImageCache:
         self._bg = ThreadPoolExecutor(2, thread_name_prefix="cache-bg")
         self.runner = FillRunner(self.store, self.pending, self._io, retries=upstream_retries,
                                  stall_timeout=stall_timeout, reserve=self._reserve)
-        self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn)
+        self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn,
+                             readahead=readahead_chunks)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Future[None] | None = None

@@ -6,8 +6,10 @@ Cached chunks are verified whole (xxh3-128 through a read-only mapping, ~0.1 ms 
 one chunk, so 32 streams of 1 GiB fit in well under 200 MiB. The loop is yielded once
 per chunk so that one fast stream cannot starve the others. A corrupt chunk is dropped and
 refilled, never sent. While one chunk is being sent, the next one of the range is
-already being filled (one chunk of read-ahead), so the upstream never idles between
-chunks. A range read fills only the chunks it overlaps.
+already being filled (``readahead`` chunks, 2 by default), so the upstream never idles
+between chunks, and a store that limits each connection's rate (S3, a throttled http
+server) is read over several: one cold client read 1 GiB behind 100 MiB/s per connection
+in 2.95 s with two chunks ahead, 3.9 s with one (bench herd, "alone"). A range read fills only the chunks it overlaps.
 """
 
 from __future__ import annotations
@@ -66,13 +68,14 @@ class Reader:
     """Streams image bytes through the cache. Runs on one event loop."""
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, runner: FillRunner, pins: Pins,
-                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], *, readahead: int = 2) -> None:
         self.store = store
         self.pending = pending
         self.runner = runner
         self.pins = pins
         self._spawn = spawn
         self._fills: dict[str, Fill] = {}
+        self.readahead = readahead  # chunks filled ahead of the one being sent
 
     @property
     def active_fills(self) -> int:
@@ -140,16 +143,16 @@ class Reader:
         self.pending.hit(image_id, count_hit)
         cs = manifest.chunk_size
         first, last = byte_range.start // cs, (byte_range.end - 1) // cs
-        ahead: tuple[int, Fill] | None = None
+        ahead: dict[int, Fill] = {}
         for index in range(first, last + 1):
             span = manifest.chunk_range(index)
             lo = max(byte_range.start, span.start) - span.start
             hi = min(byte_range.end, span.end) - span.start
-            fill = ahead[1] if ahead is not None and ahead[0] == index else None
-            ahead = None
-            if index < last and not self._cached(image_id, manifest, index + 1):
-                # Read-ahead: the next chunk's fill runs while this one is sent.
-                ahead = (index + 1, self.fill(self._spec(image_id, manifest, index + 1, source, location)))
+            fill = ahead.pop(index, None)
+            for later in range(index + 1, min(last, index + self.readahead) + 1):
+                if later not in ahead and not self._cached(image_id, manifest, later):
+                    # Read-ahead: the next chunks' fills run while this one is sent.
+                    ahead[later] = self.fill(self._spec(image_id, manifest, later, source, location))
             if fill is None:
                 address = self._address(image_id, manifest, index)
                 fd = None
@@ -172,6 +175,6 @@ class Reader:
                     await asyncio.sleep(0)
                     continue
                 fill = self.fill(self._spec(image_id, manifest, index, source, location))
-            async for piece in fill.stream(lo, hi):
-                self.pending.count("bytes_served", len(piece))
-                yield piece
+            async for view in fill.stream(lo, hi):  # views of the fill's buffer, not copies
+                self.pending.count("bytes_served", len(view))
+                yield view

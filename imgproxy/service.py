@@ -70,6 +70,7 @@ def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
         audit_bytes_per_second=settings.audit_bytes_per_second,
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
+        readahead_chunks=settings.readahead_chunks,
     )
 
 

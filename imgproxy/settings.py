@@ -65,6 +65,8 @@ class Settings:
     # Upstream reads.
     upstream_timeout: float = 30.0
     upstream_retries: int = 3
+    # Chunks a reader fills ahead of the one it is sending (parallel ranged reads upstream).
+    readahead_chunks: int = 2
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
@@ -148,6 +150,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("prefetch_concurrency", "must be at least 1")
     if s.upstream_retries < 0:
         raise SettingsError("upstream_retries", "must not be negative")
+    if not 0 <= s.readahead_chunks <= 64:
+        raise SettingsError("readahead_chunks", "must be in 0 .. 64")
     if s.audit_bytes_per_second < 0:
         raise SettingsError("audit_bytes_per_second", "must not be negative")
     if s.lmdb_map_size < 16 * MiB:

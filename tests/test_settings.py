@@ -81,6 +81,8 @@ def test_settings_are_frozen() -> None:
         ("prune_interval", "-1"),
         ("prefetch_concurrency", "0"),
         ("upstream_retries", "-1"),
+        ("readahead_chunks", "-1"),
+        ("readahead_chunks", "1000"),
         ("upstream_timeout", "soon"),
         ("lmdb_map_size", "1024"),
         ("log_level", "loud"),

@@ -71,6 +71,21 @@ async def test_fill_started_by_a_reader_that_left_completes(make_cache, add_imag
     assert upstream.bytes_read == before
 
 
+@pytest.mark.parametrize("readahead", [0, 1, 3])
+async def test_a_cold_read_fills_readahead_chunks_ahead(make_cache, add_image, file_store, readahead):
+    cache = make_cache(readahead_chunks=readahead)
+    data = image_bytes(6 * CHUNK, seed=25)
+    manifest, location = await add_image(cache, "img", data, cached=False)
+    upstream = ScriptedStore(file_store, piece=8 * 1024, delay=0.002)
+    it = cache.read("img", manifest, ByteRange(0, len(data)), upstream, location)
+    await anext(it)
+    await it.aclose()
+    await cache.wait_idle()
+    stored = [i for i, address in enumerate(manifest.chunks) if cache.store.exists(address)]
+    assert stored == list(range(readahead + 1))
+    assert upstream.bytes_read == (readahead + 1) * CHUNK
+
+
 async def _collect(it) -> bytes:  # type: ignore[no-untyped-def]
     return b"".join([bytes(p) async for p in it])
 
