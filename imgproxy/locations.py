@@ -6,14 +6,17 @@ the pass also fills it), hashing md5 + sha512 on the way:
 - **digest** pass (no validation data given): the image is ``saving``; on success it
   turns ``active`` with the digests, in the transaction that also stores them in its
   manifest. On upstream failure it goes back to ``queued`` without the location.
-- **verify** pass (validation data given): the image is already ``active``; a digest
-  that differs from the client's turns it ``killed`` (and drops its cached chunks).
-  An upstream failure leaves the pass owed, retried at the next start-up; downloads
-  meanwhile still fill chunk by chunk.
+- **verify** pass (validation data given): the image is ``active`` at once, and the
+  pass runs alongside the first read of the whole image (a full ``GET`` of its data, or
+  ``PUT /v2/cache/{id}``), sharing that read's fills: ranged reads alone never pull the
+  whole image from its store. A digest that differs from the client's turns it
+  ``killed`` (and drops its cached chunks). An upstream failure leaves the pass owed
+  for the next full read. Its hashing runs at the lowest CPU priority.
 
 The passes are tasks of the service, never of a request: they go on when the client
 that registered the location has gone. Which passes are owed is in LMDB
-(``Registry.location_passes``), so a restart resumes them. Across worker processes a
+(``Registry.location_passes``), so a restart resumes the digest passes (verify passes
+wait for the next full read). Across worker processes a
 pass runs in one process only (an ``flock`` per image under ``<data>/location-passes``).
 """
 
@@ -49,16 +52,33 @@ class LocationPasses:
         self.service = service
         self.lock_dir = service.settings.data_dir / "location-passes"
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()  # image ids with a pass task in this process
 
     def start(self, image_id: str, url: str, mode: str) -> None:
+        if image_id in self._running:
+            return
         task = asyncio.get_running_loop().create_task(self._guarded(image_id, url, mode),
                                                       name=f"location-{mode}-{image_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running.add(image_id)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._running.discard(image_id)
+
+        task.add_done_callback(done)
+
+    def full_read(self, image_id: str) -> None:
+        """The whole of ``image_id`` is being read: start its verify pass if one is owed."""
+        if image_id in self._running:
+            return
+        owed = self.service.registry.owed_pass(image_id)
+        if owed is not None and owed[1] == "verify":
+            self.start(image_id, owed[0], "verify")
 
     def resume(self) -> int:
-        """Start every pass owed in LMDB; returns how many."""
-        owed = self.service.registry.location_passes()
+        """Start every digest pass owed in LMDB; returns how many."""
+        owed = [p for p in self.service.registry.location_passes() if p[2] == "digest"]
         for image_id, url, mode in owed:
             self.start(image_id, url, mode)
         if owed:
@@ -85,7 +105,7 @@ class LocationPasses:
                 return  # another worker runs it
             try:
                 # It may have run in another worker between our listing and our lock.
-                if (image_id, url, mode) in self.service.registry.location_passes():
+                if self.service.registry.owed_pass(image_id) == (url, mode):
                     await self._run(image_id, url, mode)
             finally:
                 unlock(lock, fd)

@@ -405,6 +405,15 @@ class Registry:
                 for k, raw in txn.cursor(db=self._passes)
             ]
 
+    def owed_pass(self, image_id: str) -> tuple[str, str] | None:
+        """``(url, mode)`` of the pass ``image_id`` owes, or ``None``."""
+        with self.read() as txn:
+            raw = txn.get(image_id.encode(), db=self._passes)
+        if raw is None:
+            return None
+        entry = json.loads(bytes(raw))
+        return entry["url"], entry["mode"]
+
     def _pass_target(self, txn: lmdb.Transaction, image_id: str, url: str) -> dict[str, Any] | None:
         """The record if it still owes a pass for ``url`` (not deleted, location unchanged)."""
         txn.delete(image_id.encode(), db=self._passes)

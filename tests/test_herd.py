@@ -72,8 +72,9 @@ def download(base_url: str, token: str, image_id: str, out: Outcome, go: threadi
 
 
 def wait_cached_then_evict(admin: httpx.Client, image_id: str) -> None:
-    """Wait until the verify pass has cached the whole image, then evict it: cold again,
-    but with every chunk address known."""
+    """Prefetch the image (its verify pass rides along), wait until it is cached whole, then
+    evict it: cold again, but with every chunk address known."""
+    assert admin.put(f"/v2/cache/{image_id}").status_code == 202
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         entries = [e for e in admin.get("/v2/cache").json().get("cached_images", []) if e["image_id"] == image_id]
@@ -81,7 +82,7 @@ def wait_cached_then_evict(admin: httpx.Client, image_id: str) -> None:
             break
         time.sleep(0.05)
     else:
-        pytest.fail("the verify pass did not cache the image")
+        pytest.fail("the prefetch did not cache the image")
     assert admin.delete(f"/v2/cache/{image_id}").status_code == 204
 
 

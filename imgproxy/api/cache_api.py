@@ -99,6 +99,7 @@ async def queue_image(request: Request) -> Response:
     if record.get("status") != "active":
         raise BadRequest("Only images with status active can be targeted for queueing")
     await run_in_threadpool(service.cache.queue_prefetch, image_id)
+    service.locations.full_read(image_id)  # the prefetch reads it all: verify it on the way
     _kick_prefetcher(service)
     return Response(status_code=202)
 

@@ -307,6 +307,8 @@ async def download(request: Request) -> Response:
         return Response(status_code=status, headers=headers)
 
     wanted = byte_range or ByteRange(0, size)
+    if wanted.length == size:
+        service.locations.full_read(image_id)  # a verify pass owed rides along this read
     body = service.cache.read(image_id, source.manifest, wanted, source.backend, source.location)
     try:
         # Read the first piece before answering, so a missing object or a dead store

@@ -105,7 +105,9 @@ async def add_location(request: Request) -> Response:
         service.registry.add_location, ctx, image_id, url, size=size, validation=validation,
         also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
     )
-    service.locations.start(image_id, url, "verify" if validation is not None else "digest")
+    if validation is None:
+        service.locations.start(image_id, url, "digest")
+    # With validation data the verify pass waits for the first full read (imgproxy.locations).
     return Response(status_code=202)
 
 
