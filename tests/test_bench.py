@@ -170,6 +170,7 @@ def test_cold_storm_and_herd_read_each_upstream_byte_once_through_imgproxy_and_n
         assert row["status"] == "ok" and row["failures"] == 0, row
         assert row["upstream_ratio"] == 1.0, row  # one fill, shared by every node
     assert all(r["alone_s"] and r["vs_alone"] and r["ttfb_p99_s"] is not None for r in herd)
+    assert all(r["cached_s"] and r["vs_cached"] for r in herd)  # the same herd again, on the cached image
 
 
 def test_growth_prunes_a_shrunk_cache_while_a_node_reads(tmp_path: Path) -> None:
