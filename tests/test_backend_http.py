@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from backends import PIECE_SIZE, Backends, BackendNotFound, BackendUnavailable, ByteRange
+from backends import (
+    PIECE_SIZE,
+    BackendNotFound,
+    Backends,
+    BackendUnavailable,
+    ByteRange,
+)
 from backends.http import HttpBackend, HttpOptions
+from backends.http_fast import FastTarget, fast_target
+from bench.servers.nginx import NginxServer, NginxUnavailable, nginx_binary
 from tests.backend_contract import ReadBackendContract, StoreUnderTest
 from tests.faulty_http import FaultyServer, faulty_server  # noqa: F401 - fixture
 from tests.nginx_fixtures import NginxStore, nginx_store, nginx_store_factory  # noqa: F401 - fixtures
@@ -238,3 +249,208 @@ async def test_registry_builds_it_from_options() -> None:
 def test_bad_options_name_the_key(options: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="http store option"):
         HttpOptions.from_mapping(options)
+
+
+# --- the lean ranged-GET path (backends/http_fast.py) ---------------------------------------
+
+# nginx logs the connection serial and its request count, so reuse is seen from the server side.
+_CONN_LOG = "log_format conn '$connection $connection_requests $status $request_uri';"
+_CONN_BODY = """\
+        root {root};
+        access_log {prefix}/access.log bytes;
+        access_log {prefix}/conn.log conn;
+        {extra}
+        location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+"""
+
+
+@pytest.fixture
+def conn_nginx(tmp_path: Path) -> Iterator[Callable[..., NginxStore]]:
+    """``make(extra="keepalive_timeout 200ms;")``: nginx stores that log connection reuse."""
+    started: list[NginxStore] = []
+
+    def make(extra: str = "") -> NginxStore:
+        try:
+            nginx_binary()
+        except NginxUnavailable as exc:
+            pytest.skip(str(exc))
+        prefix = tmp_path / f"conn-nginx{len(started)}"
+        root = prefix / "root"
+        root.mkdir(parents=True)
+        body = _CONN_BODY.format(root=root, prefix=(prefix / "nginx").resolve(), extra=extra)
+        store = NginxStore(NginxServer(prefix / "nginx", body, http_extra=_CONN_LOG).start(), root)
+        started.append(store)
+        return store
+
+    yield make
+    for store in started:
+        store.server.stop()
+
+
+def connections(store: NginxStore, count: int) -> list[tuple[str, int, int]]:
+    """``(connection, request number on it, status)`` per logged request, once ``count`` are logged."""
+    store.wait_for_log(count)
+    log = store.server.prefix / "conn.log"
+    deadline = time.monotonic() + 5
+    lines = log.read_text().splitlines()
+    while len(lines) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+        lines = log.read_text().splitlines()
+    return [(c, int(n), int(s)) for c, n, s, _ in (line.split(" ") for line in lines)]
+
+
+async def test_ranged_reads_reuse_one_kept_alive_connection(conn_nginx: Callable[..., NginxStore]) -> None:
+    store = conn_nginx()
+    data = os.urandom(6 * PIECE_SIZE + 5)
+    url = store.put("fast.img", data)
+    b = HttpBackend(HttpOptions(timeout=5))
+    try:
+        chunk = 4 * PIECE_SIZE
+        pieces = [p async for p in b.read(url, ByteRange(0, chunk))]
+        assert b"".join(pieces) == data[:chunk]
+        assert all(0 < len(p) <= PIECE_SIZE for p in pieces) and len(pieces) <= 8  # few, large pieces
+        for start, end in [(chunk, len(data)), (7, 7 + PIECE_SIZE), (len(data) - 1, len(data))]:
+            assert await read_all(b, url, ByteRange(start, end)) == data[start:end]
+        assert b.fast_stats.reads == 4 and b.fast_stats.fallbacks == 0
+        assert (b.fast_stats.connects, b.fast_stats.reuses) == (1, 3)
+    finally:
+        await b.aclose()
+    seen = connections(store, 4)
+    assert len({c for c, _, _ in seen}) == 1  # one TCP connection...
+    assert [(n, s) for _, n, s in seen] == [(1, 206), (2, 206), (3, 206), (4, 206)]  # ...four requests
+
+
+async def test_early_stop_closes_the_connection(conn_nginx: Callable[..., NginxStore]) -> None:
+    store = conn_nginx()
+    data = os.urandom(3 * PIECE_SIZE)
+    url = store.put("early.img", data)
+    b = HttpBackend(HttpOptions(timeout=5))
+    try:
+        stream = b.read(url, ByteRange(0, len(data)))
+        first = await anext(stream)
+        assert first == data[: len(first)]
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert await read_all(b, url, ByteRange(5, 500)) == data[5:500]
+        assert (b.fast_stats.reads, b.fast_stats.connects, b.fast_stats.reuses) == (2, 2, 0)
+    finally:
+        await b.aclose()
+    seen = connections(store, 2)
+    assert seen[0][0] != seen[1][0] and seen[1][1] == 1  # the second read came on a new connection
+
+
+async def test_server_closing_connections_is_followed(conn_nginx: Callable[..., NginxStore]) -> None:
+    data = os.urandom(100_000)
+    b = HttpBackend(HttpOptions(timeout=5))
+    try:
+        # "Connection: close" on every answer: nothing is pooled.
+        once = conn_nginx("keepalive_requests 1;")
+        url = once.put("once.img", data)
+        for start in (0, 10, 20):
+            assert await read_all(b, url, ByteRange(start, start + 1000)) == data[start : start + 1000]
+        assert (b.fast_stats.connects, b.fast_stats.reuses) == (3, 0)
+        # Idle connections dropped by the server after 100 ms: the next read opens a fresh one.
+        brief = conn_nginx("keepalive_timeout 100ms;")
+        url = brief.put("brief.img", data)
+        assert await read_all(b, url, ByteRange(0, 1000)) == data[:1000]
+        connections(brief, 1)
+        await asyncio.sleep(0.5)
+        assert await read_all(b, url, ByteRange(1000, 2000)) == data[1000:2000]
+        assert b.fast_stats.reads == 5 and b.fast_stats.fallbacks == 0
+    finally:
+        await b.aclose()
+    assert [n for _, n, _ in connections(brief, 2)] == [1, 1]
+
+
+async def test_concurrent_ranged_reads_share_a_bounded_pool(conn_nginx: Callable[..., NginxStore]) -> None:
+    store = conn_nginx()
+    data = os.urandom(2 * PIECE_SIZE)
+    url = store.put("herd.img", data)
+    b = HttpBackend(HttpOptions(timeout=5, max_connections=2))
+    try:
+        spans = [(i * 100_000, i * 100_000 + PIECE_SIZE) for i in range(8)]
+        got = await asyncio.gather(*(read_all(b, url, ByteRange(s, e)) for s, e in spans))
+        assert got == [data[s:e] for s, e in spans]
+        assert b.fast_stats.reads == 8 and b.fast_stats.connects <= 2
+    finally:
+        await b.aclose()
+    assert len({c for c, _, _ in connections(store, 8)}) <= 2
+
+
+async def test_other_answers_fall_back_to_httpx(backend: HttpBackend, nginx_store: NginxStore, faulty_server: FaultyServer) -> None:
+    data = os.urandom(50_000)
+    nginx_store.put("fb.img", data)
+    faulty_server.objects["fb"] = data
+    assert await read_all(backend, nginx_store.url("moved/fb.img"), ByteRange(1, 999)) == data[1:999]  # 302
+    assert await read_all(backend, faulty_server.location("norange", "fb"), ByteRange(5, 50)) == data[5:50]  # 200
+    with pytest.raises(BackendNotFound):
+        await read_all(backend, nginx_store.url("nothing-here.img"), ByteRange(0, 10))  # 404
+    with pytest.raises(BackendUnavailable):
+        await read_all(backend, faulty_server.location("503", "fb"), ByteRange(0, 10))  # 503
+    with pytest.raises(BackendUnavailable):
+        await read_all(backend, nginx_store.url("fb.img"), ByteRange(len(data), len(data) + 1))  # 416
+    assert backend.fast_stats.reads == 0 and backend.fast_stats.fallbacks == 5
+    # The shorter-than-asked 206 is told on the fast path itself, as before.
+    with pytest.raises(BackendUnavailable, match="shorter"):
+        await read_all(backend, nginx_store.url("fb.img"), ByteRange(len(data) - 5, len(data) + 5))
+
+
+async def test_stalled_ranged_read_times_out(faulty_server: FaultyServer) -> None:
+    faulty_server.objects["s"] = os.urandom(200_000)
+    b = HttpBackend(HttpOptions(timeout=0.5))
+    try:
+        with pytest.raises(BackendUnavailable, match="timed out"):
+            await read_all(b, faulty_server.location("stall", "s"), ByteRange(10, 190_000))
+        assert b.fast_stats.reads == 1
+    finally:
+        await b.aclose()
+
+
+async def test_truncated_206_is_unavailable(backend: HttpBackend, faulty_server: FaultyServer) -> None:
+    faulty_server.objects["t"] = os.urandom(300_000)
+    with pytest.raises(BackendUnavailable, match="sent 99500 of 199000 bytes"):
+        await read_all(backend, faulty_server.location("truncate", "t"), ByteRange(1000, 200_000))
+    assert backend.fast_stats.reads == 1
+    assert await read_all(backend, faulty_server.location("ok", "t"), ByteRange(0, 10)) == faulty_server.objects["t"][:10]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://127.0.0.1/x.img", "http://user:pw@127.0.0.1/x.img", "http://127.0.0.1/a b.img", "http://127.0.0.1/é.img", "http://127.0.0.1:x/"],
+)
+def test_only_plain_http_urls_take_the_fast_path(url: str) -> None:
+    assert fast_target(url) is None
+
+
+def test_fast_target_keeps_query_and_host() -> None:
+    assert fast_target("http://[::1]:8080/a/b.img?sig=1#frag") == FastTarget("::1", 8080, "[::1]:8080", "/a/b.img?sig=1")
+    assert fast_target("HTTP://store") == FastTarget("store", 80, "store", "/")
+
+
+async def test_proxied_reads_stay_on_httpx(nginx_store: NginxStore) -> None:
+    # The "proxy" here is nginx itself, which answers absolute-URI requests for its own files.
+    data = os.urandom(5000)
+    url = nginx_store.put("proxied.img", data)
+    b = HttpBackend(HttpOptions(timeout=5, proxy=nginx_store.server.url))
+    try:
+        assert await read_all(b, url, ByteRange(10, 20)) == data[10:20]
+        assert b.fast_stats.reads == b.fast_stats.fallbacks == 0
+    finally:
+        await b.aclose()
+
+
+def test_fast_path_under_uvloop(nginx_store: NginxStore) -> None:
+    # The service runs on uvloop, whose transports differ from asyncio's (BufferedProtocol, pause/resume).
+    uvloop = pytest.importorskip("uvloop")
+    data = os.urandom(2 * PIECE_SIZE + 3)
+    url = nginx_store.put("uv.img", data)
+
+    async def run() -> tuple[bytes, bytes, int, int]:
+        b = HttpBackend(HttpOptions(timeout=5))
+        try:
+            first = await read_all(b, url, ByteRange(1, len(data)))
+            second = await read_all(b, url, ByteRange(0, 10))
+            return first, second, b.fast_stats.reads, b.fast_stats.reuses
+        finally:
+            await b.aclose()
+
+    assert uvloop.run(run()) == (data[1:], data[:10], 2, 1)
