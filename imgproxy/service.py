@@ -15,6 +15,7 @@ from .auth import Authenticator, NoAuth
 from .db import open_env
 from .locations import LocationPasses
 from .loops import start_loops
+from .memory import IdleTrimmer
 from .registry import Registry
 from .settings import Settings
 
@@ -35,6 +36,7 @@ class Service:
     cache: ImageCache
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
+    trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
 
     def __post_init__(self) -> None:
         self.locations = LocationPasses(self)

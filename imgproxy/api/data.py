@@ -42,6 +42,7 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..ranges import content_range, parse_range
+from ..memory import IdleTrimmer
 from ..service import Service
 from ..sources import resolve_source
 
@@ -252,8 +253,10 @@ class ImageDataResponse(Response):
     """
 
     def __init__(
-        self, first: bytes | memoryview, rest: AsyncIterator[bytes | memoryview], status_code: int, headers: dict[str, str]
+        self, first: bytes | memoryview, rest: AsyncIterator[bytes | memoryview], status_code: int, headers: dict[str, str],
+        trimmer: IdleTrimmer,
     ) -> None:
+        self._trimmer = trimmer
         self._first = first
         self._rest = rest
         self.status_code = status_code
@@ -261,6 +264,7 @@ class ImageDataResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._trimmer.begin()
         try:
             try:
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -276,6 +280,7 @@ class ImageDataResponse(Response):
                 log.error("image %s data stream failed mid-response at offset %d: %s", exc.image_id, exc.offset, exc)
                 raise
         finally:
+            self._trimmer.end()
             await self._rest.aclose()  # type: ignore[attr-defined]
 
 
@@ -317,7 +322,7 @@ async def download(request: Request) -> Response:
     except CacheError as exc:
         await body.aclose()  # type: ignore[attr-defined]
         raise _cache_error(exc) from exc
-    return ImageDataResponse(first, body, status, headers)
+    return ImageDataResponse(first, body, status, headers, service.trimmer)
 
 
 async def _first_piece(body: AsyncIterator[bytes | memoryview], wanted: ByteRange) -> bytes | memoryview:
