@@ -107,6 +107,6 @@ def run(ctx: RunContext) -> ScenarioResult:
                 continue
             break  # NotSupported: the other M values would say the same
     result.notes.append("upstream_ratio = bytes the upstream sent / bytes of the distinct images the nodes asked for (1.0 is ideal).")
-    result.notes.append("register_s: creating the images and adding their locations (Image APIs only). imgproxy starts its "
-                        "fill when a location with validation data is added, so the nodes join a fill that may have run that long.")
+    result.notes.append("register_s: creating the images and adding their locations (Image APIs only); the nodes start "
+                        "after it. imgproxy reads nothing at registration: its verify pass rides along the first full read.")
     return result
