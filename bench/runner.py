@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .progress import Progress
-from .systems.base import System, SystemUnavailable
+from .servers.link import SharedLink
+from .systems.base import ImageFile, System, SystemUnavailable, free_port
 from .systems.glance import GlanceSystem
 from .systems.imgproxy import ImgproxySystem
 from .systems.nginx_systems import NginxCache, NginxDirect, Upstream
@@ -131,6 +132,7 @@ class RunContext:
         self._systems: dict[str, System] = {}
         self._failed: dict[str, str] = {}
         self._upstream: Upstream | None = None
+        self._links: dict[int, SharedLink] = {}
 
     @property
     def upstream(self) -> Upstream:
@@ -140,6 +142,19 @@ class RunContext:
             up.start()  # no upstream, no scenario: let SystemUnavailable propagate
             self._upstream = up
         return self._upstream
+
+    def shared_link(self, rate: int) -> SharedLink:
+        """A relay in front of the upstream whose connections share ``rate`` bytes/s (started once per rate)."""
+        link = self._links.get(rate)
+        if link is None:
+            upstream = self.upstream.url.removeprefix("http://")
+            link = SharedLink(free_port(), upstream, rate, self.work / "link" / f"{rate}.log").start()
+            self._links[rate] = link
+        return link
+
+    def link_url_for(self, image: ImageFile, rate: int) -> str:
+        """``image`` on the upstream, reached through the shared link of ``rate``."""
+        return f"{self.shared_link(rate).url}/{image.name}"
 
     def _build(self, name: str) -> System:
         w = self.work / "systems" / name
@@ -152,10 +167,10 @@ class RunContext:
         if name == "nginx-direct":
             self.local_root.mkdir(parents=True, exist_ok=True)
             return NginxDirect(w, self.local_root)
-        if name == "nginx-cache-lock":
-            return NginxCache(w, self.upstream.url)
-        if name == "nginx-slice-lock":
-            return NginxCache(w, self.upstream.url, slice_size=4 * MiB)
+        if name in ("nginx-cache-lock", "nginx-slice-lock"):
+            link = self.shared_link(self.profile.herd_rate).url  # for the herd's shared-link runs
+            return NginxCache(w, self.upstream.url, slice_size=4 * MiB if name == "nginx-slice-lock" else 0,
+                              link_url=link)
         raise KeyError(name)
 
     def system(self, name: str) -> System:
@@ -210,6 +225,9 @@ class RunContext:
             except Exception as exc:  # stopping the rest matters more than this one's error
                 self.progress.note(f"stopping {name} failed: {exc}")
         self._systems.clear()
+        for link in self._links.values():
+            link.stop()
+        self._links.clear()
         if self._upstream is not None:
             self._upstream.stop()
             self._upstream = None

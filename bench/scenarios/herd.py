@@ -6,10 +6,12 @@ byte read once), the herd's total time as a multiple of the lone client's time, 
 herd's TTFB p50/p99. The full profile uses a 1 GiB image at ``limit_rate 100m``; quick
 uses a smaller image.
 
-``limit_rate`` is per connection: a system that fetches with several ranged requests at
-once (imgproxy's read-ahead, nginx's slices) gets a multiple of the rate. That is how
-the systems really behave against such an upstream, so the count of upstream requests
-is shown next to the bytes.
+Two kinds of upstream. "per-conn": nginx's ``limit_rate``, per connection, so a system
+that fetches with several ranged requests at once (imgproxy's read-ahead, nginx's
+slices) gets a multiple of the rate, and its lone client is fast; the count of upstream
+requests is shown next to the bytes. "shared": a relay in front of the same nginx
+(:mod:`bench.servers.link`) whose connections share one rate, like a store behind a
+~100 MB/s network link; there one client alone is bound by the link, as in the anchor.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ __all__ = ["run"]
 
 NAME = "herd"
 SYSTEMS = ("imgproxy-1w", "imgproxy-2w", "glance", "nginx-cache-lock", "nginx-slice-lock")
-# Node kinds: hashing Python nodes (every byte checked) and plain curls (the anchor's way).
-KINDS = ("sha512", "curl")
+# (node kind, upstream) runs. Node kinds: hashing Python nodes (every byte checked) and
+# plain curls (the anchor's way). Upstreams: rate per connection, or one shared link.
+RUNS = (("sha512", "per-conn"), ("curl", "per-conn"), ("curl", "shared"))
 
 
 def _linked(image: ImageFile, name: str) -> ImageFile:
@@ -55,14 +58,16 @@ def _clients(url: str, image: ImageFile, clients: int, kind: str) -> list[dict[s
     return results
 
 
-def _fetch_all(ctx: RunContext, system: System, image: ImageFile, clients: int, kind: str,
+def _fetch_all(ctx: RunContext, system: System, image: ImageFile, clients: int, kind: str, link: str,
                *, again: bool = False) -> dict[str, Any]:
     """``clients`` at once on ``image``, cold. With ``again``, the same clients once more on the
     now-cached image (``cached_s``): what serving that many copies costs this machine at all."""
     p = ctx.profile
     cached_s = None
     try:
-        url = system.cold_url(image, ctx.upstream.url_for(image, p.herd_rate))
+        source = (ctx.link_url_for(image, p.herd_rate) if link == "shared"
+                  else ctx.upstream.url_for(image, p.herd_rate))
+        url = system.cold_url(image, source)
         with ctx.metered(system) as usage:
             results = _clients(url, image, clients, kind)
         pulled, requests = ctx.upstream.usage_for([image.name])
@@ -93,36 +98,38 @@ def run(ctx: RunContext) -> ScenarioResult:
     result = ScenarioResult(
         NAME,
         f"Herd: {n} clients at once on one cold {p.herd_image_size >> 20} MiB image, upstream "
-        f"{p.herd_rate >> 20} MiB/s per connection, vs one client alone",
-        ["system", "client", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "cached_s", "vs_cached",
+        f"{p.herd_rate >> 20} MiB/s per connection or shared, vs one client alone",
+        ["system", "client", "upstream", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "cached_s", "vs_cached",
          "ttfb_p50_s", "ttfb_p99_s",
          "upstream_ratio", "upstream_requests", "failures", "peak_rss_MiB", "server_cpu_s", "status"],
-        plot={"x": "client", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
+        plot={"x": "run", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
     )
     bases = {
-        (kind, role): make_image(ctx.upstream_root, f"herd-{kind}-{role}-base.img", p.herd_image_size)
-        for kind in KINDS for role in ("lone", "herd")
+        (kind, link, role): make_image(ctx.upstream_root, f"herd-{kind}-{link}-{role}-base.img", p.herd_image_size)
+        for kind, link in RUNS for role in ("lone", "herd")
     }
     try:
-        for name, kind in ((name, kind) for kind in KINDS for name in SYSTEMS):
-            system = ctx.system_or_row(result, name, clients=n, client=kind)
+        for name, kind, link in ((name, kind, link) for kind, link in RUNS for name in SYSTEMS):
+            params = {"clients": n, "client": kind, "upstream": link, "run": f"{kind}, {link}"}
+            system = ctx.system_or_row(result, name, **params)
             if system is None:
                 continue
             try:
-                ctx.progress.step(f"{name}: 1 {kind} client alone")
-                alone = _fetch_all(ctx, system, _linked(bases[kind, "lone"], f"herd-{name}-{kind}-lone.img"), 1, kind)
-                ctx.progress.step(f"{name}: {n} {kind} clients")
-                many = _fetch_all(ctx, system, _linked(bases[kind, "herd"], f"herd-{name}-{kind}-herd.img"), n, kind,
+                tag = f"{name}-{kind}-{link}"
+                ctx.progress.step(f"{name}: 1 {kind} client alone, {link} upstream")
+                alone = _fetch_all(ctx, system, _linked(bases[kind, link, "lone"], f"herd-{tag}-lone.img"), 1, kind, link)
+                ctx.progress.step(f"{name}: {n} {kind} clients, {link} upstream")
+                many = _fetch_all(ctx, system, _linked(bases[kind, link, "herd"], f"herd-{tag}-herd.img"), n, kind, link,
                                   again=True)
             except NotSupported as exc:
-                result.not_run(name, str(exc), clients=n, client=kind)
+                result.not_run(name, str(exc), **params)
                 continue
             except Exception as exc:  # a broken system must not end the whole run
-                result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", clients=n, client=kind)
+                result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", **params)
                 continue
             bad = alone["bad"] + many["bad"]
             row = {
-                "system": name, "client": kind, "clients": n,
+                "system": name, **params,
                 "alone_s": _r(alone["total_s"]), "total_s": _r(many["total_s"]),
                 "total_p50_s": _r(many["total_p50_s"]),
                 "vs_alone": _r(many["total_s"] / alone["total_s"], 2) if many["total_s"] and alone["total_s"] else None,

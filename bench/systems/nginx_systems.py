@@ -116,16 +116,20 @@ class NginxDirect(_NginxSystem):
 
 
 class NginxCache(_NginxSystem):
-    """A caching proxy in front of ``upstream_url``; ``slice_size`` > 0 adds the slice module."""
+    """A caching proxy in front of ``upstream_url``; ``slice_size`` > 0 adds the slice module.
 
-    def __init__(self, prefix: Path, upstream_url: str, *, slice_size: int = 0, workers: int = 1) -> None:
+    With ``link_url`` (a :class:`bench.servers.link.SharedLink` in front of the same
+    upstream), paths under ``/via-link/`` are proxied, and cached, through that link.
+    """
+
+    def __init__(self, prefix: Path, upstream_url: str, *, slice_size: int = 0, workers: int = 1,
+                 link_url: str | None = None) -> None:
         prefix = Path(prefix).resolve()
         http_extra = (
             f"    proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:16m max_size=64g inactive=1d use_temp_path=off;"
         )
         if slice_size:
-            body = f"""\
-        location / {{
+            rules = f"""\
             slice {slice_size};
             proxy_cache bench;
             proxy_cache_key $uri$is_args$args$slice_range;
@@ -133,25 +137,25 @@ class NginxCache(_NginxSystem):
             proxy_cache_valid 200 206 1d;
             proxy_cache_lock on;
             proxy_http_version 1.1;
-            proxy_pass {upstream_url};
-        }}
 """
             name = "nginx-slice-lock"
         else:
-            body = f"""\
-        location / {{
+            rules = """\
             proxy_cache bench;
             proxy_cache_valid 200 1d;
             proxy_cache_lock on;
             proxy_http_version 1.1;
-            proxy_pass {upstream_url};
-        }}
 """
             name = "nginx-cache-lock"
+        body = f"        location / {{\n{rules}            proxy_pass {upstream_url};\n        }}\n"
+        if link_url:
+            body += f"        location /via-link/ {{\n{rules}            proxy_pass {link_url}/;\n        }}\n"
         super().__init__(name, prefix, body, http_extra=http_extra, workers=workers)
+        self.link_url = link_url
 
     def cold_url(self, image: ImageFile, upstream_url: str) -> str:
         parts = urlsplit(upstream_url)
         if not parts.path.endswith("/" + image.name):
             raise NotSupported("nginx cache proxies the upstream's paths only")
-        return f"{self.url}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        via = "/via-link" if self.link_url and upstream_url.startswith(self.link_url + "/") else ""
+        return f"{self.url}{via}{parts.path}" + (f"?{parts.query}" if parts.query else "")
