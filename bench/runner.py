@@ -95,6 +95,18 @@ class ScenarioResult:
     def not_run(self, system: str, why: str, **params: Any) -> None:
         self.rows.append({"system": system, **params, "status": f"not run: {why}"})
 
+    def add_checked(self, row: dict[str, Any], samples: list[dict[str, Any]], progress: Progress, *,
+                    label: str, status_prefix: str = "", what: str) -> None:
+        """Append ``row`` with its failure count and status from ``samples``; a wrong body is a
+        failure of the run (``label``: what failed, ``what``: how it failed) and an alarm now."""
+        fails = sum(s["failures"] for s in samples)
+        row["failures"] = fails
+        row["status"] = "ok" if not fails else f"FAILED: {status_prefix.format(fails=fails)}{row['failure_detail']}"
+        if fails:
+            self.failures.append(f"{label}: {fails} {what} ({row['failure_detail']})")
+            progress.alarm(self.failures[-1])
+        self.rows.append(row)
+
 
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100); None for no values."""

@@ -96,13 +96,8 @@ def run(ctx: RunContext) -> ScenarioResult:
                     result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", N=n, M=m)
                     continue
                 row = {"system": name, "N": n, "M": m, **summarize(samples, ("total_s", "ttfb_p50_s"))}
-                fails = sum(s["failures"] for s in samples)
-                row["failures"] = fails
-                row["status"] = "ok" if not fails else f"FAILED: {fails} nodes: {row['failure_detail']}"
-                if fails:
-                    result.failures.append(f"{name} N={n} M={m}: {fails} nodes got wrong or missing bytes ({row['failure_detail']})")
-                    ctx.progress.alarm(result.failures[-1])
-                result.rows.append(row)
+                result.add_checked(row, samples, ctx.progress, label=f"{name} N={n} M={m}",
+                                   status_prefix="{fails} nodes: ", what="nodes got wrong or missing bytes")
             else:
                 continue
             break  # NotSupported: the other M values would say the same

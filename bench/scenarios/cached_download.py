@@ -125,13 +125,7 @@ def run(ctx: RunContext) -> ScenarioResult:
                 row["vs_nginx"] = round(row["aggregate_MBps"] / base["aggregate_MBps"], 2)
             if base and base.get("server_cpu_s_per_GB") and row.get("server_cpu_s_per_GB"):
                 row["cpu_vs_nginx"] = round(row["server_cpu_s_per_GB"] / base["server_cpu_s_per_GB"], 2)
-            fails = sum(s["failures"] for s in samples)
-            row["failures"] = fails
-            row["status"] = "ok" if not fails else f"FAILED: {row['failure_detail']}"
-            if fails:
-                result.failures.append(f"{name} N={n}: {fails} clients got a wrong body ({row['failure_detail']})")
-                ctx.progress.alarm(result.failures[-1])
-            result.rows.append(row)
+            result.add_checked(row, samples, ctx.progress, label=f"{name} N={n}", what="clients got a wrong body")
     result.notes.append("Targets (issue 3): >= 0.9x nginx at N=1 and N=32; peak RSS < 200 MiB at N=32; "
                         "every client gets headers promptly (ttfb_max_s) with one worker.")
     result.notes.append("On 2 cores the curls share the CPU with the server: server_cpu_s_per_GB is the stable measure.")

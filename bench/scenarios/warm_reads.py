@@ -81,12 +81,6 @@ def run(ctx: RunContext) -> ScenarioResult:
                 ceiling[n] = row["aggregate_MBps"]
             if ceiling.get(n):
                 row["vs_nginx"] = round(row["aggregate_MBps"] / ceiling[n], 2)
-            fails = sum(s["failures"] for s in samples)
-            row["failures"] = fails
-            row["status"] = "ok" if not fails else f"FAILED: {row['failure_detail']}"
-            if fails:
-                result.failures.append(f"{name} N={n}: {fails} nodes got wrong bytes ({row['failure_detail']})")
-                ctx.progress.alarm(result.failures[-1])
-            result.rows.append(row)
+            result.add_checked(row, samples, ctx.progress, label=f"{name} N={n}", what="nodes got wrong bytes")
     result.notes.append("Each node hashes sha512 (~0.7 GB/s per core): the clients cap MB/s on 2 cores; compare server_cpu_s_per_GB.")
     return result
