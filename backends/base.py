@@ -19,6 +19,7 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "BackendCorrupt",
+    "BackendFull",
     "ReadBackend",
     "WriteBackend",
     "Writer",
@@ -61,6 +62,10 @@ class BackendNotFound(BackendError):
 
 class BackendUnavailable(BackendError):
     """The store could not be reached or failed mid-stream; retrying may help."""
+
+
+class BackendFull(BackendError):
+    """The store has no room (disk full, quota exceeded); nothing of the write is kept."""
 
 
 class BackendCorrupt(BackendError):

@@ -35,6 +35,7 @@ from .base import (
     PIECE_SIZE,
     BackendCorrupt,
     BackendError,
+    BackendFull,
     BackendNotFound,
     BackendUnavailable,
     ByteRange,
@@ -53,6 +54,8 @@ WRITEBACK_EVERY = 64 * 1024 * 1024
 def _translate(exc: OSError, location: str) -> BackendError:
     if exc.errno == errno.ENOENT:
         return BackendNotFound(f"no such object: {location}", location=location)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BackendFull("the file store is full", location=location)
     return BackendUnavailable(f"file store I/O error on {location}: {exc.strerror or exc}", location=location)
 
 

@@ -89,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
+    chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
+    chaos.add_argument("--crashes", type=int, default=100, help="crash rounds (default 100)")
+    chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--out", type=Path, default=None, help="report dir (default bench-results/chaos-<timestamp>)")
     args = parser.parse_args(argv)
+    if args.command == "chaos":
+        return _chaos(args)
     if args.command == "setup-glance":
         from .systems.glance import setup_glance
 
@@ -109,6 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in failed:
         print(f"FAILED: {f}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import json
+
+    from .chaos import run_crashes
+
+    out = args.out or Path("bench-results") / time.strftime("chaos-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="imgproxy-chaos-") as work:
+        report = run_crashes(Path(work), rounds=args.crashes, seed=args.seed)
+    summary = {"crashes": report.as_row(), "violations": report.violations, "machine": describe()}
+    (out / "chaos.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary["crashes"]))
+    for text in report.violations:
+        print(f"VIOLATION: {text}", file=sys.stderr)
+    return 1 if report.violations else 0
 
 
 if __name__ == "__main__":

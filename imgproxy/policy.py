@@ -12,7 +12,9 @@ from typing import Any
 from .context import RequestContext
 from .errors import Forbidden
 
-__all__ = ["VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_modify", "check_write_role"]
+__all__ = [
+    "VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_download", "check_modify", "check_write_role",
+]
 
 VISIBILITIES = ("public", "private", "shared", "community")
 
@@ -47,6 +49,13 @@ def check_write_role(ctx: RequestContext) -> None:
     """Raise Forbidden for callers that may only read (role ``reader``)."""
     if not ctx.can_write:
         raise Forbidden("You are not authorized to complete this action (read-only role).")
+
+
+def check_download(ctx: RequestContext) -> None:
+    """Raise Forbidden for readers: Glance's ``download_image`` default needs the member role
+    (``role:admin or role:member and (...)``), even on images the reader may show."""
+    if not ctx.can_write:
+        raise Forbidden("You are not authorized to download image data (the reader role may only show images).")
 
 
 def check_modify(ctx: RequestContext, record: Mapping[str, Any]) -> None:

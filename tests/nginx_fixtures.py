@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers.nginx import NginxServer, NginxUnavailable, nginx_binary
+from bench.servers.nginx import NginxServer
+from tests.requirements import require_nginx
 
 __all__ = ["NginxStore", "nginx_store", "nginx_store_factory", "start_nginx_store"]
 
@@ -64,11 +65,8 @@ class NginxStore:
 
 
 def start_nginx_store(prefix: Path, *, limit_rate: str | None = None) -> NginxStore:
-    """Start nginx with its files under ``prefix`` and serving ``prefix/root``; skip if no nginx."""
-    try:
-        nginx_binary()
-    except NginxUnavailable as exc:
-        pytest.skip(str(exc))
+    """Start nginx with its files under ``prefix`` and serving ``prefix/root``; fails if no nginx."""
+    require_nginx()
     root = prefix / "root"
     root.mkdir(parents=True, exist_ok=True)
     limit = f"limit_rate {limit_rate};" if limit_rate else ""

@@ -20,7 +20,8 @@ from backends import (
 )
 from backends.http import HttpBackend, HttpOptions
 from backends.http_fast import FastTarget, fast_target
-from bench.servers.nginx import NginxServer, NginxUnavailable, nginx_binary
+from bench.servers.nginx import NginxServer
+from tests.requirements import require_nginx
 from tests.backend_contract import ReadBackendContract, StoreUnderTest
 from tests.faulty_http import FaultyServer, faulty_server  # noqa: F401 - fixture
 from tests.nginx_fixtures import NginxStore, nginx_store, nginx_store_factory  # noqa: F401 - fixtures
@@ -270,10 +271,7 @@ def conn_nginx(tmp_path: Path) -> Iterator[Callable[..., NginxStore]]:
     started: list[NginxStore] = []
 
     def make(extra: str = "") -> NginxStore:
-        try:
-            nginx_binary()
-        except NginxUnavailable as exc:
-            pytest.skip(str(exc))
+        require_nginx()
         prefix = tmp_path / f"conn-nginx{len(started)}"
         root = prefix / "root"
         root.mkdir(parents=True)
@@ -440,7 +438,8 @@ async def test_proxied_reads_stay_on_httpx(nginx_store: NginxStore) -> None:
 
 def test_fast_path_under_uvloop(nginx_store: NginxStore) -> None:
     # The service runs on uvloop, whose transports differ from asyncio's (BufferedProtocol, pause/resume).
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # uvicorn[standard] brings it; the service runs on it
+
     data = os.urandom(2 * PIECE_SIZE + 3)
     url = nginx_store.put("uv.img", data)
 

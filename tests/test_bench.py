@@ -16,10 +16,11 @@ from bench.images import make_image
 from bench.progress import Progress
 from bench.servers.link import SharedLink
 from bench.systems.base import System, free_port
-from bench.systems.glance import GlanceSystem, venv_ready
+from bench.systems.glance import GlanceSystem
 from bench.systems.imgproxy import ImgproxySystem
 from bench.systems.nginx_systems import NginxCache, NginxDirect, Upstream
 from bench.systems.procs import is_running, tree_pids
+from tests.requirements import require_glance_venv
 
 KiB = 1024
 
@@ -113,8 +114,8 @@ def test_imgproxy_system_starts_and_stops(tmp_path: Path) -> None:
         _assert_stops_cleanly(system)
 
 
-@pytest.mark.skipif(not venv_ready(), reason="Glance venv not installed; run `python -m bench setup-glance`")
 def test_glance_starts_serves_a_location_and_stops(tmp_path: Path, upstream: Upstream) -> None:
+    require_glance_venv()
     image = make_image(tmp_path / "files", "e.img", 200 * KiB)
     glance = GlanceSystem(tmp_path / "glance", processes=1).start()
     try:

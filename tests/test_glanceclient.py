@@ -265,8 +265,11 @@ def test_library_sharing(gclient: Callable[..., object], make_token: Callable[..
         other.images.update(image.id, name="not-yours")
 
 
-def test_library_detects_corrupt_download_hash(gclient: Callable[..., object]) -> None:
-    """The client's own verification is on: the hash it checks is the one imgproxy reported."""
+def test_corrupt_store_bytes_never_reach_the_library_as_a_good_download(
+    gclient: Callable[..., object], server: ServerProcess, admin: object
+) -> None:
+    """The store's copy goes bad and the cache has none: the client gets an error, never a
+    complete download of wrong bytes (the library's own md5/sha512 check is the second net)."""
     import io
 
     c = gclient()
@@ -275,3 +278,15 @@ def test_library_detects_corrupt_download_hash(gclient: Callable[..., object]) -
     got = c.images.get(image.id)
     assert got.checksum == hashlib.md5(PAYLOAD).hexdigest()
     assert got.os_hash_value == hashlib.sha512(PAYLOAD).hexdigest()
+    assert b"".join(c.images.data(image.id)) == PAYLOAD
+
+    stored = server.data_dir / "images" / image.id
+    with stored.open("r+b") as f:
+        f.seek(len(PAYLOAD) // 2)
+        byte = f.read(1)
+        f.seek(len(PAYLOAD) // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert admin.delete(f"/v2/cache/{image.id}").status_code == 204  # type: ignore[attr-defined]
+    # requests' errors and the library's checksum mismatch are both IOErrors.
+    with pytest.raises(OSError):
+        b"".join(c.images.data(image.id))

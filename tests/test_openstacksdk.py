@@ -9,12 +9,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import openstack
 import pytest
+from openstack import exceptions
 
 from tests.server import ServerProcess
-
-openstack = pytest.importorskip("openstack")
-from openstack import exceptions  # noqa: E402
 
 PAYLOAD = os.urandom(200 * 1024 + 5)
 

@@ -85,10 +85,12 @@ def test_private_image_invisible_to_other_project(parties: Parties) -> None:
     assert_not_found(b.delete(f"/v2/images/{iid}"))
     assert_not_found(b.put(f"/v2/images/{iid}/tags/x"))
     assert iid not in listed_ids(b)
-    # The owner, a reader of the owning project and the admin all see it.
+    # The owner, a reader of the owning project and the admin all see it; the reader may not
+    # download it (Glance's download_image default needs the member role).
     assert iid in listed_ids(parties.a)
     assert parties.reader.get(f"/v2/images/{iid}").status_code == 200
-    assert parties.reader.get(f"/v2/images/{iid}/file").content == DATA
+    assert parties.reader.get(f"/v2/images/{iid}/file").status_code == 403
+    assert parties.a.get(f"/v2/images/{iid}/file").content == DATA
     assert parties.admin.get(f"/v2/images/{iid}").status_code == 200
     # Nothing B tried changed it.
     assert parties.a.get(f"/v2/images/{iid}").json()["name"] == image["name"]

@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from backends import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, WriteBackend, Writer
 from cache import OS_HASH_ALGO, CacheError, Ingest, UpstreamCorrupt
 
+from .. import policy
 from ..errors import (
     ApiError,
     BadGateway,
@@ -291,6 +292,7 @@ async def download(request: Request) -> Response:
     image_id: str = request.path_params["image_id"]
 
     record = service.registry.get_visible(ctx, image_id)
+    policy.check_download(ctx)
     if record.get("status") == "deactivated" and not ctx.is_admin:
         raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
     if record.get("status") in _NO_DATA_STATUSES:

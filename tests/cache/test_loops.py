@@ -42,8 +42,24 @@ async def test_pruner_keeps_the_bound_under_concurrent_reads(make_cache, add_ima
             await cache.prune()
             await asyncio.sleep(0.01)
 
+    # The bound holds while the reads run, not only after a final prune: sample the chunk
+    # files on disk throughout (16 images' worth of chunks go through a 10-chunk cache).
+    samples: list[int] = []
+    done = asyncio.Event()
+
+    async def sampler() -> None:
+        while not done.is_set():
+            samples.append(await asyncio.to_thread(_disk_bytes, cache))
+            await asyncio.sleep(0.005)
+
+    watching = asyncio.ensure_future(sampler())
     await asyncio.gather(*(reader(i) for i in images), pruner())
+    done.set()
+    await watching
+    assert len(samples) > 10 and max(samples) <= max_size
     await cache.wait_idle()
+    stats = cache.stats()
+    assert _disk_bytes(cache) <= max_size and stats["bytes_cached"] <= max_size
     await cache.prune()
     stats = cache.stats()
     assert stats["bytes_cached"] <= 0.8 * max_size
@@ -171,6 +187,18 @@ async def test_audit_drops_corrupt_chunks_at_a_bounded_rate(make_cache, add_imag
     upstream = ScriptedStore(file_store)
     assert sha512(await _drain(cache.read("img", manifest, ByteRange(0, len(data)), upstream, location))) == sha512(data)
     assert upstream.bytes_read == CHUNK
+
+
+async def test_audit_rate_is_a_ceiling(make_cache, add_image, file_store):
+    """8 chunks at 4 chunks a second cannot take less than ~2 s: the auditor paces itself
+    (a lower bound on time, which a loaded machine can only lengthen)."""
+    cache = make_cache(audit_bytes_per_second=4 * CHUNK)
+    await add_image(cache, "img", image_bytes(8 * CHUNK, seed=151))
+    began = time.monotonic()
+    result = await cache.audit(max_bytes=8 * CHUNK)
+    elapsed = time.monotonic() - began
+    assert result.chunks == 8 and result.corrupt == 0
+    assert elapsed >= 1.9, f"audited 8 chunks in {elapsed:.2f} s at 4 chunks/s"
 
 
 async def test_forget_image_with_unknown_manifest_and_queue(make_cache, file_store):
