@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .images import hash_speed
-from .machine import describe
+from .machine import commit, describe
 from .progress import Progress
 from .report import write_report
 from .runner import Profile, RunContext, ScenarioResult
@@ -59,7 +59,7 @@ def run_bench(out: Path, *, quick: bool, only: Sequence[str] = (), systems: Sequ
             shutil.rmtree(work, ignore_errors=True)
     meta = {
         "started": started, "quick": quick, "scenarios": names, "systems": list(systems) or "all",
-        "profile": ctx.profile.__dict__, "machine": describe(),
+        "profile": ctx.profile.__dict__, "machine": describe(), "commit": commit(),
         "hash_speed": hash_speed(32 << 20 if quick else 256 << 20),
         "wall_s": round(time.monotonic() - t0, 1),
     }
