@@ -1,4 +1,5 @@
-"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]`` and ``python -m bench setup-glance``."""
+"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench chaos``
+and ``python -m bench setup-glance``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .images import hash_speed
-from .machine import describe
+from .machine import commit, describe
 from .progress import Progress
 from .report import write_report
 from .runner import Profile, RunContext, ScenarioResult
@@ -58,7 +59,7 @@ def run_bench(out: Path, *, quick: bool, only: Sequence[str] = (), systems: Sequ
             shutil.rmtree(work, ignore_errors=True)
     meta = {
         "started": started, "quick": quick, "scenarios": names, "systems": list(systems) or "all",
-        "profile": ctx.profile.__dict__, "machine": describe(),
+        "profile": ctx.profile.__dict__, "machine": describe(), "commit": commit(),
         "hash_speed": hash_speed(32 << 20 if quick else 256 << 20),
         "wall_s": round(time.monotonic() - t0, 1),
     }
@@ -118,20 +119,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
+    """Every part of the campaign in turn; the summary goes to ``chaos.json`` and ``chaos.md``."""
     import json
 
-    from .chaos import run_crashes
+    from .chaos import can_mount, run_attacks, run_crashes, run_disk_full, run_faults
 
     out = args.out or Path("bench-results") / time.strftime("chaos-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="imgproxy-chaos-") as work:
-        report = run_crashes(Path(work), rounds=args.crashes, seed=args.seed)
-    summary = {"crashes": report.as_row(), "violations": report.violations, "machine": describe()}
-    (out / "chaos.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary["crashes"]))
-    for text in report.violations:
-        print(f"VIOLATION: {text}", file=sys.stderr)
-    return 1 if report.violations else 0
+    summary: dict[str, object] = {"machine": describe()}
+    violations: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="imgproxy-chaos-") as tmp:
+        work = Path(tmp)
+        crashes = run_crashes(work / "crashes", rounds=args.crashes, seed=args.seed)
+        summary["crashes"] = crashes.as_row()
+        violations += [f"crashes: {v}" for v in crashes.violations]
+        faults = run_faults(work / "faults", seed=args.seed)
+        summary["faults"] = faults.as_row()
+        violations += [f"faults: {v}" for v in faults.violations]
+        if can_mount(work):
+            full = run_disk_full(work / "disk-full", seed=args.seed)
+            summary["disk_full"] = full.as_row()
+            violations += [f"disk full: {v}" for v in full.violations]
+        else:
+            summary["disk_full"] = "not run: cannot mount tmpfs here (needs root or CAP_SYS_ADMIN)"
+        attacks = run_attacks(work / "attacks")
+        summary["attacks"] = attacks.phases
+        violations += [f"attacks: {v}" for v in attacks.violations]
+    summary["violations"] = violations
+    (out / "chaos.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k != "machine"}, indent=2, default=str))
+    return 1 if violations else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["describe"]
+__all__ = ["describe", "commit"]
 
 
 def _cpu_model() -> str:
@@ -39,6 +39,21 @@ def _nginx_version() -> str:
         return out.stderr.decode().strip().split("/")[-1]
     except (OSError, subprocess.SubprocessError):
         return "not installed"
+
+
+def commit() -> str:
+    """The short commit of the code measured, ``+dirty`` with uncommitted changes; ``unknown`` outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def describe() -> dict[str, Any]:

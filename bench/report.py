@@ -39,7 +39,8 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
         f"# imgproxy benchmark — {meta['started']}",
         "",
         f"Mode: {'quick' if meta['quick'] else 'full'}; {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, "
-        f"kernel {m['kernel']}, Python {m['python']}, nginx {m['nginx']}; wall {meta.get('wall_s', '?')} s.",
+        f"kernel {m['kernel']}, Python {m['python']}, nginx {m['nginx']}; commit {meta.get('commit', '?')}; "
+        f"wall {meta.get('wall_s', '?')} s.",
     ]
     if meta.get("hash_speed"):
         out.append(f"Hashing on one core (MB/s): {meta['hash_speed']}.")
@@ -52,17 +53,34 @@ def markdown(meta: dict[str, Any], results: list[ScenarioResult]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _plot(result: ScenarioResult, path: Path) -> bool:
+def _panels(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """A plot spec's panels: ``panels`` (a list of ``{"y", "ylabel"}``) or its one ``y``."""
+    panels = spec.get("panels")
+    if panels:
+        return list(panels)
+    return [{"y": spec["y"], "ylabel": spec.get("ylabel", spec["y"])}] if spec.get("y") else []
+
+
+def _caption(meta: dict[str, Any]) -> str:
+    m = meta.get("machine", {})
+    return (f"{m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('ram_gib', '?')} GiB; "
+            f"commit {meta.get('commit', '?')}; {meta.get('started', '')}")
+
+
+def _plot(result: ScenarioResult, path: Path, meta: dict[str, Any]) -> bool:
+    """One row of bar panels (one per metric), systems side by side, named by machine and commit."""
     spec = result.plot
-    rows = [r for r in result.rows if str(r.get("status", "ok")) == "ok" and isinstance(r.get(spec.get("y", "")), (int, float))]
     if not spec:
         return False
+    panels = _panels(spec)
+    ok_rows = [r for r in result.rows if str(r.get("status", "ok")) == "ok"]
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    if not rows:  # still write the file, so a reader sees the scenario ran and produced nothing
+    measured = [p for p in panels if any(isinstance(r.get(p["y"]), (int, float)) for r in ok_rows)]
+    if not measured:  # still write the file, so a reader sees the scenario ran and produced nothing
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, f"{result.name}: no system produced a measurement", ha="center", va="center")
@@ -70,25 +88,28 @@ def _plot(result: ScenarioResult, path: Path) -> bool:
         plt.close(fig)
         return True
 
-    splits = sorted({r.get(spec["split"]) for r in rows}, key=str) if spec.get("split") else [None]
-    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False)
-    for ax, split in zip(axes[0], splits):
-        subset = [r for r in rows if split is None or r.get(spec["split"]) == split]
-        # x values in the order the scenario measured them (N ascending, ops as listed).
-        xs = list(dict.fromkeys(r.get(spec["x"]) for r in subset)) if spec.get("x") else [""]
-        series = list(dict.fromkeys(str(r.get(spec["series"])) for r in subset))
+    fig, axes = plt.subplots(1, len(measured), figsize=(6 * len(measured), 4.4), squeeze=False)
+    for ax, panel in zip(axes[0], measured):
+        rows = [r for r in ok_rows if isinstance(r.get(panel["y"]), (int, float))]
+        # x values in the order the scenario measured them (N ascending, runs as listed).
+        xs = list(dict.fromkeys(r.get(spec["x"]) for r in rows)) if spec.get("x") else [""]
+        series = list(dict.fromkeys(str(r.get(spec["series"])) for r in rows))
         width = 0.8 / max(1, len(series))
         for i, s in enumerate(series):
             ys = []
             for x in xs:
-                match = [r[spec["y"]] for r in subset if str(r.get(spec["series"])) == s and (not spec.get("x") or r.get(spec["x"]) == x)]
+                match = [r[panel["y"]] for r in rows
+                         if str(r.get(spec["series"])) == s and (not spec.get("x") or r.get(spec["x"]) == x)]
                 ys.append(match[0] if match else 0)
-            ax.bar([j + i * width for j in range(len(xs))], ys, width, label=s)
-        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(xs))], [str(x) for x in xs])
+            bars = ax.bar([j + i * width for j in range(len(xs))], ys, width, label=s)
+            ax.bar_label(bars, fmt="%.3g", fontsize="x-small")
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(xs))], [str(x) for x in xs],
+                      fontsize="small")
         ax.set_xlabel(spec.get("x", ""))
-        ax.set_ylabel(spec.get("ylabel", spec["y"]))
-        ax.set_title(f"{result.name}" + (f" ({spec['split']}={split})" if split is not None else ""))
-        ax.legend(fontsize="small")
+        ax.set_ylabel(panel.get("ylabel", panel["y"]))
+        ax.set_title(panel.get("ylabel", panel["y"]), fontsize="medium")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"{result.name}: {result.title}\n{_caption(meta)}", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -103,6 +124,6 @@ def write_report(out: Path, meta: dict[str, Any], results: list[ScenarioResult])
     paths["md"].write_text(markdown(meta, results))
     for r in results:
         png = out / f"{r.name}.png"
-        if _plot(r, png):
+        if _plot(r, png, meta):
             paths[r.name] = png
     return paths

@@ -272,19 +272,21 @@ def test_corrupt_store_bytes_never_reach_the_library_as_a_good_download(
     complete download of wrong bytes (the library's own md5/sha512 check is the second net)."""
     import io
 
+    # Bytes of its own: chunks shared with another image would stay cached after the eviction.
+    payload = os.urandom(len(PAYLOAD))
     c = gclient()
     image = c.images.create(name=_name(), disk_format="raw", container_format="bare")
-    c.images.upload(image.id, io.BytesIO(PAYLOAD))
+    c.images.upload(image.id, io.BytesIO(payload))
     got = c.images.get(image.id)
-    assert got.checksum == hashlib.md5(PAYLOAD).hexdigest()
-    assert got.os_hash_value == hashlib.sha512(PAYLOAD).hexdigest()
-    assert b"".join(c.images.data(image.id)) == PAYLOAD
+    assert got.checksum == hashlib.md5(payload).hexdigest()
+    assert got.os_hash_value == hashlib.sha512(payload).hexdigest()
+    assert b"".join(c.images.data(image.id)) == payload
 
     stored = server.data_dir / "images" / image.id
     with stored.open("r+b") as f:
-        f.seek(len(PAYLOAD) // 2)
+        f.seek(len(payload) // 2)
         byte = f.read(1)
-        f.seek(len(PAYLOAD) // 2)
+        f.seek(len(payload) // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     assert admin.delete(f"/v2/cache/{image.id}").status_code == 204  # type: ignore[attr-defined]
     # requests' errors and the library's checksum mismatch are both IOErrors.

@@ -93,7 +93,10 @@ def run(ctx: RunContext) -> ScenarioResult:
         f"Cached download: N curls read one cached {size >> 20} MiB image (to /dev/null)",
         ["system", "N", "aggregate_MBps", "vs_nginx", "server_cpu_s_per_GB", "cpu_vs_nginx", "peak_rss_MiB",
          "ttfb_p50_s", "ttfb_max_s", "total_min_s", "total_max_s", "failures", "status"],
-        plot={"x": "N", "y": "aggregate_MBps", "series": "system", "ylabel": "aggregate MB/s"},
+        plot={"x": "N", "series": "system", "panels": [
+            {"y": "aggregate_MBps", "ylabel": "aggregate MB/s"},
+            {"y": "server_cpu_s_per_GB", "ylabel": "server CPU s per GB"},
+        ]},
     )
     if shutil.which("curl") is None:
         result.not_run("all", "curl is not installed")

@@ -102,7 +102,11 @@ def run(ctx: RunContext) -> ScenarioResult:
         ["system", "client", "upstream", "clients", "alone_s", "total_s", "total_p50_s", "vs_alone", "cached_s", "vs_cached",
          "ttfb_p50_s", "ttfb_p99_s",
          "upstream_ratio", "upstream_requests", "failures", "peak_rss_MiB", "server_cpu_s", "status"],
-        plot={"x": "run", "y": "vs_alone", "series": "system", "ylabel": f"herd total time / one client's ({n} clients)"},
+        plot={"x": "run", "series": "system", "panels": [
+            {"y": "total_s", "ylabel": f"total time, {n} clients (s)"},
+            {"y": "ttfb_p99_s", "ylabel": "time to first byte p99 (s)"},
+            {"y": "upstream_ratio", "ylabel": "upstream bytes / image size"},
+        ]},
     )
     bases = {
         (kind, link, role): make_image(ctx.upstream_root, f"herd-{kind}-{link}-{role}-base.img", p.herd_image_size)
