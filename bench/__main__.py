@@ -1,4 +1,4 @@
-"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]`` and ``python -m bench setup-glance``."""
+"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench setup-glance`` and ``python -m bench setup-swift``."""
 
 from __future__ import annotations
 
@@ -89,11 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
+    sub.add_parser("setup-swift", help="install the pinned Swift all-in-one venv (once, ~30 s)")
     args = parser.parse_args(argv)
     if args.command == "setup-glance":
         from .systems.glance import setup_glance
 
         print(setup_glance())
+        return 0
+    if args.command == "setup-swift":
+        from .servers.swift import setup_swift
+
+        print(setup_swift())
         return 0
     out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     systems = [s for s in args.systems.split(",") if s]
