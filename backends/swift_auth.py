@@ -11,6 +11,7 @@ The key is never part of a message, a repr or a log line.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from anyio import to_thread
 from .base import BackendUnavailable
 
 __all__ = ["SwiftOptions", "Token", "Authenticator", "TempAuth", "KeystoneAuth", "make_authenticator"]
+
+_log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 # Swift's default max_file_size: no single object (segment) may be larger.
@@ -139,20 +142,21 @@ class TempAuth:
         try:
             response = await self._client.get(opts.auth_url, headers=headers)
         except httpx.HTTPError as exc:
+            _log.warning("%s: cannot reach the auth endpoint %s: %r", self._store, opts.auth_url, exc)
             raise BackendUnavailable(
-                f"{self._store}: cannot reach the auth endpoint {opts.auth_url}: {type(exc).__name__}", location=self._store
+                f"{self._store}: cannot reach its auth endpoint ({type(exc).__name__})", location=self._store
             ) from exc
         if response.status_code in (401, 403):
+            _log.warning("%s: %s refused the credentials of %r (%d)", self._store, opts.auth_url, opts.user, response.status_code)
             raise BackendUnavailable(
-                f"{self._store}: authentication as {opts.user!r} at {opts.auth_url} failed ({response.status_code})",
-                location=self._store,
+                f"{self._store}: the store's credentials were refused ({response.status_code})", location=self._store
             )
         token = response.headers.get("x-auth-token") or response.headers.get("x-storage-token")
         storage_url = opts.storage_url or response.headers.get("x-storage-url")
         if not 200 <= response.status_code < 300 or not token or not storage_url:
+            _log.warning("%s: %s answered %d without a token", self._store, opts.auth_url, response.status_code)
             raise BackendUnavailable(
-                f"{self._store}: the auth endpoint {opts.auth_url} answered {response.status_code} without a token",
-                location=self._store,
+                f"{self._store}: its auth endpoint answered {response.status_code} without a token", location=self._store
             )
         life = response.headers.get("x-auth-token-expires", "")
         expires = time.monotonic() + float(life) if life.replace(".", "", 1).isdigit() else None
@@ -195,14 +199,11 @@ class KeystoneAuth:
             )
             expires_at = self._session.auth.auth_ref.expires if self._session.auth.auth_ref else None
         except exceptions.Unauthorized as exc:
-            raise BackendUnavailable(
-                f"{self._store}: Keystone authentication as {opts.user!r} at {opts.auth_url} failed (401)",
-                location=self._store,
-            ) from exc
+            _log.warning("%s: Keystone %s refused the credentials of %r", self._store, opts.auth_url, opts.user)
+            raise BackendUnavailable(f"{self._store}: Keystone refused the store's credentials (401)", location=self._store) from exc
         except exceptions.ClientException as exc:
-            raise BackendUnavailable(
-                f"{self._store}: Keystone at {opts.auth_url}: {type(exc).__name__}", location=self._store
-            ) from exc
+            _log.warning("%s: Keystone %s: %r", self._store, opts.auth_url, exc)
+            raise BackendUnavailable(f"{self._store}: Keystone login failed ({type(exc).__name__})", location=self._store) from exc
         if not storage_url:
             raise BackendUnavailable(f"{self._store}: no object-store endpoint in the Keystone catalog", location=self._store)
         expires = None
