@@ -33,7 +33,7 @@ from typing import IO
 
 import httpx
 
-__all__ = ["SwiftServer", "SwiftUnavailable", "setup_swift", "swift_venv", "swift_venv_ready", "SWIFT_VERSION"]
+__all__ = ["SwiftServer", "SwiftUnavailable", "S3Details", "setup_swift", "swift_venv", "swift_venv_ready", "SWIFT_VERSION"]
 
 SWIFT_VERSION = "2.38.3"
 _PACKAGES = (f"swift=={SWIFT_VERSION}", "python-swiftclient", "boto3")
@@ -191,12 +191,13 @@ for kind, port in zip(("account", "container", "object"), map(int, sys.argv[2:5]
 
 @dataclass(frozen=True)
 class S3Details:
-    """How to reach the same Swift through its S3 API (path style, SigV4)."""
+    """How to reach the same Swift through its S3 API (SigV4; buckets in the path)."""
 
     endpoint: str
     access_key: str
     secret_key: str
     region: str
+    path_style: bool = True
 
 
 class SwiftServer:
