@@ -5,6 +5,7 @@ Backend classes are imported lazily, so a store's heavy dependencies stay option
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from .base import (
     BackendNotFound,
     BackendUnavailable,
     ByteRange,
+    CheckableBackend,
     ReadBackend,
     WriteBackend,
     Writer,
@@ -31,6 +33,7 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "ByteRange",
+    "CheckableBackend",
     "ReadBackend",
     "WriteBackend",
     "Writer",
@@ -43,6 +46,7 @@ _SCHEMES: dict[str, str] = {
     "file": "backends.file:FileBackend",
     "http": "backends.http:HttpBackend",
     "https": "backends.http:HttpBackend",
+    "swift": "backends.swift:SwiftBackend",
 }
 
 
@@ -80,12 +84,34 @@ class Backends:
         return urlsplit(url).scheme in _SCHEMES
 
     def for_location(self, location: str) -> ReadBackend:
+        """The backend that reads ``location``. Raises BackendError when none can (unknown
+        scheme, or that kind of store has no usable options, e.g. no ``[swift]`` table)."""
         scheme = urlsplit(location).scheme
         backend = self._by_scheme.get(scheme)
         if backend is None:
-            backend = _load(scheme).from_url(location, self._options.get(scheme, {}))
+            try:
+                backend = _load(scheme).from_url(location, self._options.get(scheme, {}))
+            except ValueError as exc:
+                raise BackendUnavailable(f"no {scheme} store is configured to read {location}: {exc}", location=location) from exc
             self._by_scheme[scheme] = backend
         return backend
+
+    async def check(self, timeout: float) -> str | None:
+        """Ask the default store whether it works now (log in, look at its container...).
+
+        Returns ``None`` when it does (or cannot be asked), else why not: the service
+        starts anyway and logs it; requests that need the store fail with 503 until it
+        recovers. Stores that can be asked are :class:`CheckableBackend`.
+        """
+        if not isinstance(self.default, CheckableBackend):
+            return None
+        try:
+            await asyncio.wait_for(self.default.check(), timeout)
+        except BackendError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        return None
 
     @property
     def writable(self) -> WriteBackend | None:

@@ -23,6 +23,7 @@ __all__ = [
     "ReadBackend",
     "WriteBackend",
     "Writer",
+    "CheckableBackend",
     "PIECE_SIZE",
 ]
 
@@ -132,4 +133,13 @@ class WriteBackend(ReadBackend, Protocol):
 
     async def delete(self, location: str) -> None:
         """Delete the object. Deleting a missing object is not an error."""
+        ...
+
+
+@runtime_checkable
+class CheckableBackend(Protocol):
+    """A store that can tell whether it works now (credentials accepted, container there)."""
+
+    async def check(self) -> None:
+        """Return if the store can serve; else raise :class:`BackendError` saying why."""
         ...

@@ -1,5 +1,5 @@
-"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench chaos``
-and ``python -m bench setup-glance``."""
+"""``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench chaos``,
+``python -m bench setup-glance`` and ``python -m bench setup-swift``."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
+    sub.add_parser("setup-swift", help="install the pinned Swift all-in-one venv (once, ~30 s)")
     chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
     chaos.add_argument("--crashes", type=int, default=100, help="crash rounds (default 100)")
     chaos.add_argument("--seed", type=int, default=1)
@@ -101,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .systems.glance import setup_glance
 
         print(setup_glance())
+        return 0
+    if args.command == "setup-swift":
+        from .servers.swift import setup_swift
+
+        print(setup_swift())
         return 0
     out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     systems = [s for s in args.systems.split(",") if s]

@@ -177,6 +177,13 @@ def _read_file(path: Path) -> dict[str, Any]:
     return table
 
 
+# Store secrets that may come from the environment instead of the config file:
+# variable -> (store table, option).
+_SECRET_VARIABLES = {
+    "IMGPROXY_SWIFT_KEY": ("swift", "key"),
+}
+
+
 def load_settings(
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -202,6 +209,9 @@ def load_settings(
         key = name[len("IMGPROXY_"):].lower()
         if key in _FIELDS:
             values[key] = _convert(key, raw)
+    for name, (table, option) in _SECRET_VARIABLES.items():
+        if environ.get(name):
+            extra[table] = {**extra.get(table, {}), option: environ[name]}
     for key, raw in (overrides or {}).items():
         if raw is None:
             continue

@@ -18,16 +18,22 @@ from .procs import stop_tree
 __all__ = ["ImgproxySystem", "toml_text"]
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return f'"{value}"'
+
+
 def toml_text(config: Mapping[str, object]) -> str:
-    """Flat TOML for imgproxy settings (strings, numbers, booleans)."""
-    lines = []
-    for key, value in config.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f'{key} = "{value}"')
+    """TOML for imgproxy settings: flat keys (strings, numbers, booleans), then a
+    ``[table]`` for each mapping value (a store's options, e.g. ``[swift]``)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in config.items() if not isinstance(value, Mapping)]
+    for table, options in config.items():
+        if isinstance(options, Mapping):
+            lines.append(f"[{table}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in options.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,62 @@
+"""Fixtures: a real Swift all-in-one (proxy, account, container, object servers) on loopback.
+
+Import them into a test module (``from tests.swift_fixtures import swift_server  # noqa: F401``).
+One Swift serves the whole test session (it takes seconds to start); tests use their own
+containers. It is stopped by PID at the end of the session, also when tests fail.
+
+Swift runs from its own venv (``python -m bench setup-swift``; ``.ci/run`` installs it).
+Without that venv the Swift tests are skipped, with the command to install it, except in
+CI (``CI`` set), where a missing venv is a failure: there the tests must run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.servers.swift import SwiftServer, swift_venv, swift_venv_ready
+
+__all__ = ["swift_server", "SwiftServer", "start_swift", "swift_api", "new_container"]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def start_swift(root: Path, **kwargs: object) -> SwiftServer:
+    """Start a Swift under ``root`` (skip, or fail in CI, when its venv is missing)."""
+    if not swift_venv_ready():
+        message = f"the Swift venv is not installed at {swift_venv()}; run `python -m bench setup-swift` (~30 s)"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return SwiftServer(root, **kwargs).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwiftServer]:
+    """One Swift for the session: ``url``, ``auth_url``, ``user``/``key``, ``s3``; stopped by PID."""
+    server = start_swift(tmp_path_factory.mktemp("swift"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def swift_api(server: SwiftServer) -> httpx.Client:
+    """A plain Swift API client (tempauth token, account URL as base): seeds and inspects
+    the store without the backend under test."""
+    return httpx.Client(base_url=server.storage_url, headers={"X-Auth-Token": server.token()}, timeout=30)
+
+
+def new_container(api: httpx.Client, stem: str = "t") -> str:
+    """Create a fresh container and return its name."""
+    name = f"{stem}-{uuid.uuid4().hex[:10]}"
+    response = api.put(f"/{name}")
+    assert response.status_code in (201, 202), response.text
+    return name
