@@ -41,6 +41,7 @@ _SCHEMES: dict[str, str] = {
     "file": "backends.file:FileBackend",
     "http": "backends.http:HttpBackend",
     "https": "backends.http:HttpBackend",
+    "s3": "backends.s3:S3Backend",
 }
 
 
@@ -84,6 +85,23 @@ class Backends:
             backend = _load(scheme).from_url(location, self._options.get(scheme, {}))
             self._by_scheme[scheme] = backend
         return backend
+
+    async def check(self) -> list[tuple[str, BackendError]]:
+        """Ask every store that can tell (a ``check()`` method) whether it is usable now.
+
+        Returns ``(store name, error)`` for each that is not; never raises a store's error.
+        Meant for start-up, so an operator learns of a bad endpoint or credentials at once.
+        """
+        problems: list[tuple[str, BackendError]] = []
+        for scheme, backend in self._by_scheme.items():
+            check = getattr(backend, "check", None)
+            if check is None:
+                continue
+            try:
+                await check()
+            except BackendError as exc:
+                problems.append((getattr(backend, "name", scheme), exc))
+        return problems
 
     @property
     def writable(self) -> WriteBackend | None:
