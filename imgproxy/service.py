@@ -101,6 +101,13 @@ async def _recover(service: Service) -> None:
     log.info("cache recovery: %s", result)
 
 
+async def _warn_unusable_stores(backends: Backends) -> None:
+    """Say at start-up which store cannot be used (unreachable, credentials refused); the
+    service stays up, and the requests that need that store answer 503 until it can."""
+    for name, exc in await backends.check():
+        log.warning("store %s is not usable now (%s); requests that need it will fail with 503", name, exc)
+
+
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = open_env(settings.data_dir, settings.lmdb_map_size)
@@ -121,5 +128,6 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
                 "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
             }
         )
+        service.tasks.append(asyncio.create_task(_warn_unusable_stores(backends)))
         service.locations.resume()
     return service

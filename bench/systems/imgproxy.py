@@ -19,15 +19,21 @@ __all__ = ["ImgproxySystem", "toml_text"]
 
 
 def toml_text(config: Mapping[str, object]) -> str:
-    """Flat TOML for imgproxy settings (strings, numbers, booleans)."""
+    """TOML for imgproxy settings: strings, numbers, booleans, and one level of tables (``[s3]``)."""
     lines = []
+    tables = {key: value for key, value in config.items() if isinstance(value, Mapping)}
     for key, value in config.items():
+        if key in tables:
+            continue
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
         elif isinstance(value, (int, float)):
             lines.append(f"{key} = {value}")
         else:
             lines.append(f'{key} = "{value}"')
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.append(toml_text(table).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
