@@ -46,6 +46,7 @@ _SCHEMES: dict[str, str] = {
     "file": "backends.file:FileBackend",
     "http": "backends.http:HttpBackend",
     "https": "backends.http:HttpBackend",
+    "s3": "backends.s3:S3Backend",
     "swift": "backends.swift:SwiftBackend",
 }
 
@@ -73,6 +74,7 @@ class Backends:
 
     def __init__(self, store_url: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self._options = dict(options or {})
+        self.store_url = store_url
         self._by_scheme: dict[str, ReadBackend] = {}
         scheme = urlsplit(store_url).scheme
         self.default: ReadBackend = _load(scheme).from_url(store_url, self._options.get(scheme, {}))
@@ -96,22 +98,26 @@ class Backends:
             self._by_scheme[scheme] = backend
         return backend
 
-    async def check(self, timeout: float) -> str | None:
-        """Ask the default store whether it works now (log in, look at its container...).
+    async def check(self, timeout: float) -> list[tuple[str, str]]:
+        """Ask every store made so far that can tell (:class:`CheckableBackend`) whether it works
+        now (log in, look at its bucket or container...).
 
-        Returns ``None`` when it does (or cannot be asked), else why not: the service
-        starts anyway and logs it; requests that need the store fail with 503 until it
-        recovers. Stores that can be asked are :class:`CheckableBackend`.
+        Returns ``(store, why not)`` for each that does not; never raises. Meant for start-up:
+        the service starts anyway and logs them, and requests that need such a store answer 503
+        until it recovers.
         """
-        if not isinstance(self.default, CheckableBackend):
-            return None
-        try:
-            await asyncio.wait_for(self.default.check(), timeout)
-        except BackendError as exc:
-            return str(exc)
-        except TimeoutError:
-            return f"no answer within {timeout:g} s"
-        return None
+        problems: list[tuple[str, str]] = []
+        for scheme, backend in list(self._by_scheme.items()):
+            if not isinstance(backend, CheckableBackend):
+                continue
+            name = str(getattr(backend, "name", "") or (self.store_url if backend is self.default else scheme))
+            try:
+                await asyncio.wait_for(backend.check(), timeout)
+            except BackendError as exc:
+                problems.append((name, str(exc)))
+            except TimeoutError:
+                problems.append((name, f"no answer within {timeout:g} s"))
+        return problems
 
     @property
     def writable(self) -> WriteBackend | None:

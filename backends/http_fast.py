@@ -286,12 +286,13 @@ def _parse_head(raw: bytes) -> _Head | None:
     return _Head(int(status_line[1]), keep_alive, headers)
 
 
-def _body_length(head: _Head, byte_range: ByteRange, location: str) -> int | None:
-    """The body length of an acceptable 206 for ``byte_range``; ``None`` if not acceptable.
+def _body_length(head: _Head, byte_range: ByteRange, location: str, statuses: frozenset[int]) -> int | None:
+    """The body length of an acceptable answer (206, or a status in ``statuses``) for ``byte_range``;
+    ``None`` if not acceptable. Every accepted answer carries a ``Content-Range`` starting at the asked byte.
 
     Raises :class:`BackendUnavailable` when the store says the object ends before the range.
     """
-    if head.status != 206 or "transfer-encoding" in head.headers:
+    if head.status not in statuses or "transfer-encoding" in head.headers:
         return None
     match = _CONTENT_RANGE.match(head.headers.get("content-range", ""))
     length = head.headers.get("content-length", "")
@@ -356,8 +357,12 @@ class FastPool:
     event loop that first uses it (connections from another loop are dropped).
     """
 
-    def __init__(self, *, timeout: float, max_connections: int, user_agent: str) -> None:
+    def __init__(self, *, timeout: float, max_connections: int, user_agent: str,
+                 range_statuses: frozenset[int] = frozenset({206})) -> None:
         self.timeout = timeout
+        # Statuses that may carry the asked range: 206, and for servers known to say 200
+        # with a matching Content-Range (rclone's S3), 200 too (see backends.s3).
+        self.range_statuses = range_statuses
         self.max_connections = max_connections
         self.stats = FastStats()
         self._agent = user_agent
@@ -415,7 +420,7 @@ class FastPool:
                 conn.send(request)
                 raw = await conn.read_head()
                 head = _parse_head(raw)
-                length = _body_length(head, byte_range, location) if head is not None else None
+                length = _body_length(head, byte_range, location, self.range_statuses) if head is not None else None
             except _Closed as exc:
                 conn.close()
                 if reused and not exc.received:

@@ -101,14 +101,11 @@ async def _recover(service: Service) -> None:
     log.info("cache recovery: %s", result)
 
 
-async def _check_store(service: Service) -> None:
-    """Warn, naming the store, when it cannot serve at start-up; the service runs on."""
-    problem = await service.backends.check(service.settings.upstream_timeout)
-    if problem is not None:
-        log.warning(
-            "store %s is unavailable at start-up: %s; requests that need it get 503 until it recovers",
-            service.settings.store_url, problem,
-        )
+async def _check_stores(service: Service) -> None:
+    """Warn, naming the store, when one cannot serve at start-up; the service runs on."""
+    for name, problem in await service.backends.check(service.settings.upstream_timeout):
+        log.warning("store %s is unavailable at start-up: %s; requests that need it get 503 until it recovers",
+                    name, problem)
 
 
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
@@ -131,6 +128,6 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
                 "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
             }
         )
-        service.tasks.append(asyncio.create_task(_check_store(service)))
+        service.tasks.append(asyncio.create_task(_check_stores(service)))
         service.locations.resume()
     return service

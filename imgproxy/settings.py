@@ -70,7 +70,8 @@ class Settings:
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # Per-store tables ([s3], [http], ...); not in repr: they may hold secrets.
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def store_url(self) -> str:
@@ -82,6 +83,14 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+# Store secrets that may come from the environment instead of the config file:
+# variable -> (store table, key). The variable wins over the file, like every IMGPROXY_* one.
+_STORE_SECRETS = {
+    "IMGPROXY_S3_ACCESS_KEY": ("s3", "access_key"),
+    "IMGPROXY_S3_SECRET_KEY": ("s3", "secret_key"),
+    "IMGPROXY_SWIFT_KEY": ("swift", "key"),
+}
 
 
 def _convert(key: str, raw: Any) -> Any:
@@ -177,12 +186,6 @@ def _read_file(path: Path) -> dict[str, Any]:
     return table
 
 
-# Store secrets that may come from the environment instead of the config file:
-# variable -> (store table, option).
-_SECRET_VARIABLES = {
-    "IMGPROXY_SWIFT_KEY": ("swift", "key"),
-}
-
 
 def load_settings(
     config_file: str | Path | None = None,
@@ -209,9 +212,9 @@ def load_settings(
         key = name[len("IMGPROXY_"):].lower()
         if key in _FIELDS:
             values[key] = _convert(key, raw)
-    for name, (table, option) in _SECRET_VARIABLES.items():
-        if environ.get(name):
-            extra[table] = {**extra.get(table, {}), option: environ[name]}
+        elif name in _STORE_SECRETS:
+            table, option = _STORE_SECRETS[name]
+            extra[table] = {**extra.get(table, {}), option: raw}
     for key, raw in (overrides or {}).items():
         if raw is None:
             continue

@@ -268,7 +268,7 @@ def test_urls_and_names() -> None:
 async def test_registry_picks_swift_and_needs_its_options(swift_server: SwiftServer) -> None:
     backends = Backends("swift://images", {"swift": options(swift_server)})
     assert isinstance(backends.default, SwiftBackend) and backends.writable is backends.default
-    assert await backends.check(5) is None
+    assert await backends.check(5) == []
     await backends.aclose()
     other = Backends(Path("/tmp").as_uri(), {})
     with pytest.raises(BackendUnavailable, match="no swift store is configured"):

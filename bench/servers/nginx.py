@@ -12,8 +12,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from .process import stop_process, wait_listening
 
 __all__ = ["NginxServer", "nginx_binary", "NginxUnavailable"]
 
@@ -108,17 +109,12 @@ class NginxServer:
             stderr=subprocess.STDOUT,
         )
         errlog.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}: {self.errors()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen on {self.port} within {timeout}s: {self.errors()}")
+        try:
+            wait_listening(self.proc, self.port, timeout, "nginx", self.errors)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def errors(self) -> str:
         out = []
@@ -144,17 +140,7 @@ class NginxServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish, then exit
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+        stop_process(self.proc, timeout, signal.SIGQUIT)  # graceful first: finish, then exit
         self.proc = None
 
     def __enter__(self) -> "NginxServer":
