@@ -7,6 +7,7 @@ ids exist in one spelling only; huge numbers and deep JSON are client errors.
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
@@ -242,6 +243,34 @@ def test_huge_numbers_in_bodies(active: tuple[httpx.Client, str, bytes], key: st
     is_json_error(c.patch(f"/v2/images/{image_id}", content=body, headers={"Content-Type": V21}), 400)
     assert c.get(f"/v2/images/{image_id}").json() == before
     assert len(own_images(c)) == count
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + body)
+        out = b""
+        while piece := s.recv(65536):
+            out += piece
+    return out
+
+
+@pytest.mark.parametrize("length", [HUGE, "1" + "0" * 30, "-1", "\u00b2", "1_0"], ids=short)
+def test_bad_content_length_is_a_json_400(server: ServerProcess, active: tuple[httpx.Client, str, bytes], length: str) -> None:
+    c, image_id, _ = active
+    token = c.headers["X-Auth-Token"].encode()
+    for target in (b"/v2/images", f"/v2/images/{image_id}/file".encode()):
+        method = b"POST" if target == b"/v2/images" else b"PUT"
+        out = raw_request(
+            server.port,
+            method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + token
+            + b"\r\nContent-Type: application/json\r\nContent-Length: " + length.encode("latin-1")
+            + b"\r\nConnection: close\r\n\r\n{}",
+        )  # fmt: skip
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), out[:300]
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body)["error"]["code"] == 400
+    assert c.get(f"/v2/images/{image_id}").json()["status"] == "active"
 
 
 # ---- deep JSON ----------------------------------------------------------------------
