@@ -52,6 +52,8 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .protocol import PROTOCOL
+
     settings = _settings_from_args(
         args, host=args.host, port=args.port, workers=args.workers, auth="noauth" if args.noauth else None
     )
@@ -78,7 +80,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=PROTOCOL,
+        # uvicorn answers 503 once open connections reach the limit, its own included:
+        # one more lets max_connections connections be served.
+        limit_concurrency=settings.max_connections + 1,
+        backlog=settings.listen_backlog,
+        timeout_keep_alive=settings.keepalive_timeout,
+        # Read by imgproxy.protocol as the bound on a request's line and headers.
+        h11_max_incomplete_event_size=settings.max_request_head,
         lifespan="on",
         log_level=settings.log_level,
         access_log=False,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import heapq
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from typing import Any
 
 import lmdb
 
+from .attrs import brief, is_internal, is_uuid
 from .context import RequestContext
 from .errors import BadRequest
 from .policy import is_visible
@@ -63,17 +65,27 @@ def _bool(key: str, raw: str) -> bool:
         return True
     if low in ("false", "0", "no"):
         return False
-    raise BadRequest(f"Invalid value {raw!r} for '{key}': expected true or false.")
+    raise BadRequest(f"Invalid value {brief(raw)} for '{key}': expected true or false.")
 
 
-def _int(key: str, raw: str, *, minimum: int = 0) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"Invalid value {raw!r} for '{key}': expected an integer.") from None
-    if value < minimum:
-        raise BadRequest(f"Invalid value {raw!r} for '{key}': must be >= {minimum}.")
-    return value
+# Plain decimal digits and at most 18 of them: a size in bytes fits (an exabyte has 19), and
+# int() never sees the thousands of digits it refuses with ValueError (or spends time on).
+_NUMBER = re.compile(r"0*([0-9]{1,18})", re.ASCII)
+
+
+def _int(key: str, raw: str) -> int:
+    """A non-negative decimal integer; 400 for anything else (signs, spaces, "_", huge)."""
+    match = _NUMBER.fullmatch(raw)
+    if match is None:
+        raise BadRequest(f"Invalid value {brief(raw)} for '{key}': expected a non-negative integer of at most 18 digits.")
+    return int(match.group(1))
+
+
+def _marker(raw: str) -> str:
+    # Image ids exist in their canonical spelling only, stored lowercase.
+    if not is_uuid(raw):
+        raise BadRequest(f"Invalid marker. Image {brief(raw)} could not be found.")
+    return raw.lower()
 
 
 def _time(key: str, raw: str) -> tuple[str, int]:
@@ -82,11 +94,11 @@ def _time(key: str, raw: str) -> tuple[str, int]:
         op, value = "eq", raw
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"Invalid value {raw!r} for '{key}': expected [op:]ISO 8601 time.") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return op, int(moment.timestamp() * 1_000_000)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return op, int(moment.timestamp() * 1_000_000)
+    except (ValueError, OverflowError):
+        raise BadRequest(f"Invalid value {brief(raw)} for '{key}': expected [op:]ISO 8601 time.") from None
 
 
 def _in_list(raw: str) -> set[str]:
@@ -116,9 +128,9 @@ def _parse_sort(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         pairs = [(k, dirs[i] if len(dirs) > 1 else (dirs[0] if dirs else "desc")) for i, k in enumerate(keys)]
     for key, direction in pairs:
         if key not in SORT_KEYS:
-            raise BadRequest(f"Invalid sort key {key!r}: must be one of {', '.join(SORT_KEYS)}.")
+            raise BadRequest(f"Invalid sort key {brief(key)}: must be one of {', '.join(SORT_KEYS)}.")
         if direction not in ("asc", "desc"):
-            raise BadRequest(f"Invalid sort direction {direction!r}: must be asc or desc.")
+            raise BadRequest(f"Invalid sort direction {brief(direction)}: must be asc or desc.")
     if len({k for k, _ in pairs}) != len(pairs):
         raise BadRequest("A sort key may appear only once.")
     # Glance's tie-breakers make every order total.
@@ -136,7 +148,7 @@ def parse_query(params: list[tuple[str, str]]) -> ListQuery:
         if key == "limit":
             q.limit = min(_int(key, raw), MAX_LIMIT)
         elif key == "marker":
-            q.marker = raw
+            q.marker = _marker(raw)
         elif key in ("sort_key", "sort_dir", "sort"):
             continue
         elif key == "member_status":
@@ -145,10 +157,10 @@ def parse_query(params: list[tuple[str, str]]) -> ListQuery:
             elif raw in MEMBER_STATUSES:
                 q.member_status = (raw,)
             else:
-                raise BadRequest(f"Invalid member_status {raw!r}: must be one of pending, accepted, rejected, all.")
+                raise BadRequest(f"Invalid member_status {brief(raw)}: must be one of pending, accepted, rejected, all.")
         elif key == "visibility":
             if raw not in ("public", "private", "shared", "community", "all"):
-                raise BadRequest(f"Invalid visibility {raw!r}: must be one of public, private, shared, community, all.")
+                raise BadRequest(f"Invalid visibility {brief(raw)}: must be one of public, private, shared, community, all.")
             q.visibility = raw
         elif key == "tag":
             q.tags.append(raw)
@@ -161,8 +173,15 @@ def parse_query(params: list[tuple[str, str]]) -> ListQuery:
             q.times.append((key, op, us))
         elif key in ("min_disk", "min_ram"):
             q.equals[key] = {_int(key, raw)}
+        elif is_internal(key):
+            raise BadRequest(f"Invalid filter {brief(key)}: the attribute is reserved.")
+        elif key == "tags":
+            # A list attribute: its filter is ``tag`` (repeatable), as in Glance.
+            raise BadRequest("Invalid filter 'tags': filter by tag with 'tag=<tag>'.")
         else:
             values = _in_list(raw[3:]) if raw.startswith("in:") and key in _IN_KEYS else {raw}
+            if key == "id":
+                values = {v.lower() if is_uuid(v) else v for v in values}
             q.equals[key] = q.equals[key] & values if key in q.equals else values
     return q
 

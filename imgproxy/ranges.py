@@ -6,6 +6,10 @@ ignored and the whole representation is served (200), which RFC 9110 allows
 ("A server MAY ignore the Range header field"). A well-formed range that selects
 nothing (first byte at or past the end, ``bytes=-0``, any range of an empty
 image) is unsatisfiable: 416 with ``Content-Range: bytes */<size>``.
+
+Positions may have any number of digits (RFC 9110 sets no limit): one past the image's
+size means the same as any larger one, so a 5,000-digit position is compared by its digits
+and never given to ``int()`` (which refuses more than 4,300).
 """
 
 from __future__ import annotations
@@ -18,7 +22,21 @@ from .errors import RangeNotSatisfiable
 
 __all__ = ["parse_range", "content_range"]
 
-_SPEC = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_SPEC = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE | re.ASCII)
+# Positions of more digits than this are past the end of any image (2**63 has 19).
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    """The value of a non-empty digit string, capped at 10**18 (past any image's end)."""
+    digits = digits.lstrip("0") or "0"
+    return 10**_MAX_DIGITS if len(digits) > _MAX_DIGITS else int(digits)
+
+
+def _before(a: str, b: str) -> bool:
+    """Whether digit string ``a`` is a smaller number than ``b``, at any length."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -29,21 +47,21 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     if not header:
         return None
-    match = _SPEC.match(header)
+    match = _SPEC.fullmatch(header)
     if match is None:
         return None  # another unit, several ranges, or garbage: ignore
     first, last = match.group(1), match.group(2)
     if not first and not last:
         return None  # "bytes=-" is not a range
     if first:
-        start = int(first)
-        end = int(last) + 1 if last else size
-        if last and end <= start:
+        if last and _before(last, first):
             return None  # last < first: an invalid range-spec, so the header is ignored
+        start = _position(first)
+        end = _position(last) + 1 if last else size
         if start >= size:
             raise _unsatisfiable(size)
         return ByteRange(start, min(end, size))
-    suffix = int(last)
+    suffix = _position(last)
     if suffix == 0 or size == 0:
         raise _unsatisfiable(size)
     return ByteRange(max(0, size - suffix), size)

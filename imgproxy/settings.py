@@ -49,6 +49,14 @@ class Settings:
     image_size_cap: int = TiB
     # Largest JSON request body (create, patch, members).
     max_json_body: int = 64 * KiB
+    # Connections (per worker process) served at once; a request on one more is answered 503.
+    max_connections: int = 1000
+    # Connections the kernel queues before the service accepts them (listen(2) backlog).
+    listen_backlog: int = 2048
+    # Seconds a connection may wait, idle or receiving a request head, before it is closed.
+    keepalive_timeout: int = 5
+    # Largest request line plus headers, in bytes (more: 431, connection closed).
+    max_request_head: int = 128 * KiB
     # Cache.
     chunk_size: int = 4 * MiB
     cache_max_size: int = 10 * GiB
@@ -144,6 +152,14 @@ def _check(s: Settings) -> None:
         raise SettingsError("image_size_cap", "must be positive")
     if s.max_json_body < 1024:
         raise SettingsError("max_json_body", "must be at least 1024")
+    if s.max_connections < 1:
+        raise SettingsError("max_connections", "must be at least 1")
+    if s.listen_backlog < 1:
+        raise SettingsError("listen_backlog", "must be at least 1")
+    if s.keepalive_timeout < 1:
+        raise SettingsError("keepalive_timeout", "must be at least 1 second")
+    if s.max_request_head < 16 * KiB:
+        raise SettingsError("max_request_head", "must be at least 16 KiB")
     if not 4 * KiB <= s.chunk_size <= 256 * MiB:
         raise SettingsError("chunk_size", "must be between 4 KiB and 256 MiB")
     if s.cache_max_size < 0:
