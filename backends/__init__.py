@@ -41,6 +41,8 @@ _SCHEMES: dict[str, str] = {
     "file": "backends.file:FileBackend",
     "http": "backends.http:HttpBackend",
     "https": "backends.http:HttpBackend",
+    "glance+http": "backends.image_api:ImageApiBackend",
+    "glance+https": "backends.image_api:ImageApiBackend",
 }
 
 
