@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -295,3 +298,11 @@ def test_upstream_ignoring_range_is_read_once_for_all_readers(
     assert {o.sha512 for o in outcomes} == {hashlib.sha512(data).hexdigest()}
     assert fake_image_api.body_bytes == len(data)
     assert len(fake_image_api.data_reads(image_id)) == 1
+
+
+def test_upstream_api_must_be_an_http_url(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
+    done = subprocess.run([sys.executable, "-m", "imgproxy", "serve", "--data-dir", str(tmp_path),
+                           "--upstream-api", "central:9292"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert "upstream_api" in done.stderr and "http(s) URL" in done.stderr
