@@ -82,7 +82,7 @@ def glance_client(url: str) -> httpx.Client:
 
 
 def test_edge_in_front_of_glance(glance: CountedGlance, server_factory: Callable[..., ServerProcess]) -> None:
-    edge = server_factory(config=edge_config(glance.url))
+    edge = server_factory(config=edge_config(glance.url, edge_auth_ttl=1))
     data = os.urandom(6 * CHUNK + 321)
     with glance_client(edge.url) as c, glance_client(glance.glance.url) as direct:
         r = c.post("/v2/images", json={"name": "via-edge", "disk_format": "raw", "container_format": "bare"})
@@ -105,7 +105,7 @@ def test_edge_in_front_of_glance(glance: CountedGlance, server_factory: Callable
         assert glance.data_bytes(image_id) - before == len(data)  # Glance served each byte once
         assert c.delete(f"/v2/images/{image_id}").status_code == 204
         assert direct.get(f"/v2/images/{image_id}").status_code == 404
-        time.sleep(5.1)  # edge_auth_ttl (default 5 s): the delete reaches the data path
+        time.sleep(1.1)  # edge_auth_ttl: then the delete reaches the data path
         assert c.get(f"/v2/images/{image_id}/file").status_code == 404
 
 
