@@ -48,6 +48,8 @@ _SCHEMES: dict[str, str] = {
     "https": "backends.http:HttpBackend",
     "s3": "backends.s3:S3Backend",
     "swift": "backends.swift:SwiftBackend",
+    "glance+http": "backends.image_api:ImageApiBackend",
+    "glance+https": "backends.image_api:ImageApiBackend",
 }
 
 

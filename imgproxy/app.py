@@ -108,6 +108,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     """Build the app. Nothing is opened until the lifespan starts."""
+    if settings.edge:
+        from .edge import create_edge_app  # an edge keeps no records: a different app
+
+        return create_edge_app(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

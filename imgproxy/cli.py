@@ -36,6 +36,8 @@ def _export(settings: Settings, config: str | None) -> None:
     os.environ["IMGPROXY_HOST"] = settings.host
     os.environ["IMGPROXY_PORT"] = str(settings.port)
     os.environ["IMGPROXY_WORKERS"] = str(settings.workers)
+    if settings.upstream_api:
+        os.environ["IMGPROXY_UPSTREAM_API"] = settings.upstream_api
 
 
 def _make_data_dir(settings: Settings) -> None:
@@ -55,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .protocol import PROTOCOL
 
     settings = _settings_from_args(
-        args, host=args.host, port=args.port, workers=args.workers, auth="noauth" if args.noauth else None
+        args, host=args.host, port=args.port, workers=args.workers, auth="noauth" if args.noauth else None,
+        upstream_api=args.upstream_api,
     )
     _make_data_dir(settings)
     if settings.auth_enabled:
@@ -221,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=None)
     serve.add_argument("--noauth", action="store_true", help="no tokens: every caller is an admin (development only)")
+    serve.add_argument("--upstream-api", default=None, metavar="URL",
+                       help="edge mode: cache in front of this image API (Glance or imgproxy)")
     serve.set_defaults(func=cmd_serve)
     _add_token_commands(sub)
     _add_cache_commands(sub)

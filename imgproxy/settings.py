@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -75,6 +76,12 @@ class Settings:
     upstream_retries: int = 3
     # Chunks a reader fills ahead of the one it is sending (parallel ranged reads upstream).
     readahead_chunks: int = 2
+    # Edge mode: the image API this service caches in front of ("" = none; it keeps its own images).
+    upstream_api: str = ""
+    # The edge's own token for the upstream, for work no caller asked for (prefetching).
+    upstream_token: str = field(default="", repr=False)
+    # Seconds an upstream authorization (token, image) is reused for data requests.
+    edge_auth_ttl: float = 5.0
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
@@ -84,6 +91,10 @@ class Settings:
     @property
     def store_url(self) -> str:
         return self.store or (self.data_dir.resolve() / "images").as_uri()
+
+    @property
+    def edge(self) -> bool:
+        return bool(self.upstream_api)
 
     @property
     def auth_enabled(self) -> bool:
@@ -168,7 +179,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("cache_high_watermark", "must be in (0, 1]")
     if not 0 <= s.cache_low_watermark < s.cache_high_watermark:
         raise SettingsError("cache_low_watermark", "must be in [0, cache_high_watermark)")
-    for key in ("prune_interval", "clean_interval", "prefetch_interval", "stale_temp_age", "upstream_timeout"):
+    for key in ("prune_interval", "clean_interval", "prefetch_interval", "stale_temp_age", "upstream_timeout",
+                "edge_auth_ttl"):
         if getattr(s, key) < 0:
             raise SettingsError(key, "must not be negative")
     if s.prefetch_concurrency < 1:
@@ -183,6 +195,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("lmdb_map_size", "must be at least 16 MiB")
     if s.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise SettingsError("log_level", f"unknown level {s.log_level!r}")
+    if s.upstream_api and not (s.upstream_api.startswith(("http://", "https://")) and urlsplit(s.upstream_api).hostname):
+        raise SettingsError("upstream_api", f"must be an http(s) URL such as http://central:9292, got {s.upstream_api!r}")
     if s.store and "://" not in s.store:
         raise SettingsError("store", f"must be a URL such as file:///var/lib/imgproxy/images, got {s.store!r}")
 

@@ -1,0 +1,117 @@
+"""The edge's own cache API (``/v2/cache``), for the edge's own admin tokens.
+
+Same paths and answers as the service's (Glance's cache API, :mod:`imgproxy.api.cache_api`);
+the listing, clearing, pruning and cleaning handlers are that module's. What differs is
+where images are known: queueing asks the upstream with the edge's ``upstream_token``
+(404 unknown, 400 not active, 502 when the upstream refuses that token), and the edge
+knows only the images in its cache or queue. ``GET /v2/cache/stats`` adds the edge's
+counters under ``edge``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..api.cache_api import clean_cache, clear_cache, get_cache_state, prune_cache
+from ..api.common import caller, json_response
+from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceUnavailable
+from .service import EdgeService, cacheable
+from .upstream import UpstreamUnavailable
+
+__all__ = ["routes"]
+
+
+def _admin_service(request: Request) -> EdgeService:
+    if not caller(request).is_admin:
+        raise Forbidden("Managing the image cache is restricted to administrators.")
+    service: EdgeService = request.app.state.service
+    return service
+
+
+def _known(service: EdgeService, image_id: str) -> bool:
+    if image_id in service.cache.queued() or service.cache.get_manifest(image_id) is not None:
+        return True
+    return False
+
+
+async def queue_image(request: Request) -> Response:
+    """``PUT /v2/cache/{image_id}``: 202 queued (and the prefetcher started)."""
+    service = _admin_service(request)
+    image_id = str(request.path_params["image_id"])
+    try:
+        answer = await service.show(image_id)
+    except UpstreamUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from exc
+    if answer.status in (404, 410):
+        raise NotFound(f"Image {image_id} not found.")
+    if answer.status != 200:
+        raise BadGateway(f"The upstream image API answered {answer.status} to this edge's upstream_token; "
+                         "set upstream_token to a token that may read the image.")
+    record = answer.json()
+    if record.get("status") != "active":
+        raise BadRequest("Only images with status active can be targeted for queueing")
+    if not cacheable(record):
+        raise BadRequest("The upstream names no digest for this image; the edge does not cache it.")
+    await asyncio.to_thread(service.cache.queue_prefetch, image_id)
+    service.kick_prefetcher()
+    return Response(status_code=202)
+
+
+async def delete_cache_entry(request: Request) -> Response:
+    """``DELETE /v2/cache/{image_id}``: 204; its unshared chunks go and it leaves the queue."""
+    service = _admin_service(request)
+    image_id = str(request.path_params["image_id"])
+    if not await asyncio.to_thread(_known, service, image_id):
+        raise NotFound(f"Image {image_id} not found.")
+
+    def evict() -> None:
+        service.cache.evict_image(image_id)
+        service.cache.dequeue_prefetch(image_id)
+
+    await asyncio.to_thread(evict)
+    return Response(status_code=204)
+
+
+async def get_cached_nodes(request: Request) -> Response:
+    """``GET /v2/cache/nodes/{image_id}``: this edge's URL if it holds the whole image."""
+    service = _admin_service(request)
+    image_id = str(request.path_params["image_id"])
+    rows = await asyncio.to_thread(service.cache.cached_images)
+    whole = any(row["image_id"] == image_id and row["complete"] for row in rows)
+    return json_response([str(request.base_url)] if whole else [])
+
+
+async def get_stats(request: Request) -> Response:
+    """``GET /v2/cache/stats``: the cache's counters and limits, and the edge's under ``edge``."""
+    service = _admin_service(request)
+    cache = service.cache
+    stats: dict[str, Any] = dict(await asyncio.to_thread(cache.stats))
+    stats.update(max_size=cache.max_size, high_watermark_bytes=int(cache.high_watermark * cache.max_size),
+                 low_watermark_bytes=int(cache.low_watermark * cache.max_size), chunk_size=cache.chunk_size)
+    stats["edge"] = {
+        "upstream": service.upstream.base_url,
+        "auth_checks": service.authorizer.checks,
+        "auth_upstream_checks": service.authorizer.upstream_checks,
+        "verify_passes": service.verifier.passes,
+        "verify_mismatches": service.verifier.mismatches,
+        "sequential_reads": service.backend.sequential.tapes_started,
+    }
+    return json_response(stats)
+
+
+# Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
+routes: list[BaseRoute] = [
+    Route("/v2/cache", get_cache_state, methods=["GET"]),
+    Route("/v2/cache", clear_cache, methods=["DELETE"]),
+    Route("/v2/cache/stats", get_stats, methods=["GET"]),
+    Route("/v2/cache/prune", prune_cache, methods=["POST"]),
+    Route("/v2/cache/clean", clean_cache, methods=["POST"]),
+    Route("/v2/cache/nodes/{image_id}", get_cached_nodes, methods=["GET"]),
+    Route("/v2/cache/{image_id}", queue_image, methods=["PUT"]),
+    Route("/v2/cache/{image_id}", delete_cache_entry, methods=["DELETE"]),
+]

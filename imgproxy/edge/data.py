@@ -1,0 +1,99 @@
+"""``GET``/``HEAD /v2/images/{image_id}/file`` on the edge: authorized upstream, served from the cache.
+
+1. The upstream shows the image to the caller's credentials (:mod:`.authz`, reused for
+   ``edge_auth_ttl`` seconds), or its refusal (401, 403, 404...) goes back as it is.
+2. An image the cache cannot serve (not active, no digests) is proxied: its status
+   and data stay the upstream's (a deactivated image: 403 to members, data to admins).
+3. Otherwise the bytes come from the cache, filled from the upstream's ``/file`` with
+   ranged reads (or one sequential read, see :mod:`backends.image_api`), single-flight
+   across every request; until the image has been verified whole (:mod:`.verify`) each
+   response holds its last byte until it is.
+
+An upstream that cannot be reached or keeps failing: 503 with a JSON body naming it.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from backends import ByteRange
+from cache import CacheError, UpstreamCorrupt
+
+from ..api.data import ImageDataResponse, _download_headers, _first_piece
+from ..errors import ApiError, BadGateway, ServiceUnavailable
+from ..ranges import parse_range
+from .proxy import UpstreamProxy
+from .service import EdgeService, cacheable
+from .upstream import Answer, UpstreamUnavailable
+
+__all__ = ["routes"]
+
+
+class UpstreamAnswerResponse(Response):
+    """An upstream answer passed back as it is (its end-to-end headers, its body)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.body, status_code=answer.status)
+        keep = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers
+                if n.lower() not in ("content-length", "transfer-encoding", "connection", "date", "content-encoding")]
+        self.raw_headers = keep + [(b"content-length", str(len(answer.body)).encode())]
+
+
+class ProxiedResponse(Response):
+    """The request handed to the proxy whole (status, headers and body all the upstream's)."""
+
+    def __init__(self, proxy: UpstreamProxy) -> None:
+        self.proxy = proxy
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.proxy(scope, receive, send)
+
+
+def _read_error(service: EdgeService, exc: CacheError) -> ApiError:
+    """A read through the cache failed before any byte was sent."""
+    upstream = service.upstream.base_url
+    if isinstance(exc, UpstreamCorrupt):
+        return BadGateway(f"The upstream image API {upstream} returned data that does not match the image: {exc}")
+    return ServiceUnavailable(f"The image data could not be read from the upstream image API {upstream}: {exc}")
+
+
+async def download(request: Request) -> Response:
+    service: EdgeService = request.app.state.service
+    image_id = str(request.path_params["image_id"])
+    try:
+        answer = await service.authorizer.check(image_id, request.headers)
+    except UpstreamUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from exc
+    if answer.status != 200:
+        return UpstreamAnswerResponse(answer)
+    record = answer.json()
+    if not cacheable(record):
+        return ProxiedResponse(service.proxy)
+    manifest = await service.manifest_for(image_id, record)
+    size = manifest.size
+    # If-Range names a validator we never send, so it cannot match: serve everything.
+    range_header = None if "if-range" in request.headers else request.headers.get("range")
+    byte_range = parse_range(range_header, size)
+    headers = _download_headers(record, size, byte_range)
+    status = 200 if byte_range is None else 206
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+
+    wanted = byte_range or ByteRange(0, size)
+    location = service.location(image_id)
+    body = service.cache.read(image_id, manifest, wanted, service.backend, location)
+    if not service.verifier.verified(image_id, manifest):
+        body = service.verifier.guard(body, service.verifier.start(image_id, manifest, service.backend, location))
+    try:
+        first = await _first_piece(body, wanted)
+    except CacheError as exc:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise _read_error(service, exc) from exc
+    return ImageDataResponse(first, body, status, headers, service.trimmer)
+
+
+routes: list[BaseRoute] = [Route("/v2/images/{image_id}/file", download, methods=["GET", "HEAD"])]
