@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..runner import RunContext, ScenarioResult
-from . import boot_storm, cached_download, growth, herd, metadata, ranged, upload, warm_reads
+from . import boot_storm, cached_download, growth, herd, metadata, ranged, stores, upload, warm_reads
 
 __all__ = ["SCENARIOS", "SCENARIO_SYSTEMS"]
 
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Callable[[RunContext], ScenarioResult]] = {
     "upload": upload.run,
     "metadata": metadata.run,
     "growth": growth.run,
+    "stores": stores.run,
 }
 
 SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
@@ -29,5 +30,6 @@ SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
     "upload": upload.SYSTEMS,
     "metadata": metadata.SYSTEMS,
     "growth": growth.SYSTEMS,
+    "stores": stores.SYSTEMS,
 }
 """The shared systems each scenario uses, so a run can stop those no later scenario needs."""

@@ -1,0 +1,160 @@
+"""Scenario "stores": a cold image read through imgproxy from each real store, vs the store's own client.
+
+For each store kind (S3 on ``rclone serve s3``, Swift all-in-one, S3 on Swift's s3api) an
+imgproxy whose store is that bucket or container takes one upload, the image is dropped from
+its cache, and the same object is then read twice, cold each time:
+
+- ``imgproxy``: one curl downloads the image: the cache fills it with parallel ranged reads of
+  4 MiB chunks, each verified against its address in the manifest;
+- ``direct``: the store's own client reads the object imgproxy wrote, once, sequentially, to
+  nothing (obstore for S3; python-swiftclient's ``swift download`` for Swift).
+
+``vs_direct`` = direct seconds / imgproxy seconds (target >= 1.0: the chunked parallel fill is
+at least as fast as one sequential read). ``server_cpu_s_per_GB`` is imgproxy's process tree.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import httpx
+
+from ..images import make_image
+from ..runner import RunContext, ScenarioResult
+from ..systems.base import ImageFile
+from ..systems.imgproxy import ImgproxySystem
+from .cached_download import curl_many
+
+__all__ = ["run"]
+
+NAME = "stores"
+SYSTEMS: tuple[str, ...] = ()  # starts its own stores and imgproxy instances
+
+
+def _read_s3_direct(endpoint: str, region: str, key_id: str, secret: str, bucket: str, key: str) -> float:
+    from obstore.store import S3Store
+
+    store = S3Store(bucket, config={"endpoint": endpoint, "region": region, "access_key_id": key_id,
+                                    "secret_access_key": secret}, client_options={"allow_http": True})
+    t0 = time.perf_counter()
+    got = 0
+    for piece in store.get(key).stream(min_chunk_size=1 << 20):  # type: ignore[attr-defined]
+        got += len(piece)
+    return time.perf_counter() - t0
+
+
+def _read_swift_direct(venv_bin: str, auth_url: str, user: str, key: str, container: str, name: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([f"{venv_bin}/swift", "-A", auth_url, "-U", user, "-K", key, "download", container, name,
+                    "-o", "/dev/null"], check=True, capture_output=True, timeout=1800)
+    return time.perf_counter() - t0
+
+
+def _through_imgproxy(ctx: RunContext, root: Any, config: dict[str, Any], image: ImageFile,
+                      read_direct: Any) -> tuple[float, dict[str, Any]]:
+    """Upload ``image`` into the store through imgproxy, drop it from the cache, read it cold
+    through imgproxy, then read the object imgproxy wrote with the store's own client
+    (``read_direct(image_id) -> seconds``). Returns (direct seconds, imgproxy figures)."""
+    system = ImgproxySystem(root, workers=1, config={**config, "prune_interval": 0, "clean_interval": 0})
+    system.start()
+    try:
+        http = httpx.Client(base_url=system.url, timeout=1800)
+        image_id = http.post("/v2/images", json={"name": image.name, "disk_format": "raw",
+                                                 "container_format": "bare"}).json()["id"]
+        with image.path.open("rb") as f:
+            r = http.put(f"/v2/images/{image_id}/file", content=f,
+                         headers={"Content-Type": "application/octet-stream"})
+        if r.status_code != 204:
+            return 0.0, {"error": f"upload answered {r.status_code}: {r.text[:200]}"}
+        if http.delete(f"/v2/cache/{image_id}").status_code != 204:
+            return 0.0, {"error": "could not evict the image from the cache"}
+        with ctx.metered(system) as usage:
+            [client] = curl_many(f"{system.url}/v2/images/{image_id}/file", 1, timeout=1800)
+        http.close()
+        if not client["ok"] or client["bytes"] != image.size:
+            return 0.0, {"error": f"download: {client.get('error') or client.get('bytes')} bytes"}
+        direct = read_direct(image_id)
+        return direct, {"seconds": client["total"], "cpu_s_per_GB": round(usage.cpu_s / (image.size / 1e9), 3),
+                        "rss_MiB": round(usage.peak_rss / (1 << 20), 1)}
+    finally:
+        system.stop()
+
+
+def _row(result: ScenarioResult, store: str, direct_s: float, through: dict[str, Any], size: int) -> None:
+    if "error" in through:
+        result.rows.append({"store": store, "status": f"FAILED: {through['error']}"})
+        result.failures.append(f"stores {store}: {through['error']}")
+        return
+    result.rows.append({
+        "store": store, "size_MiB": size >> 20, "direct_s": round(direct_s, 2), "imgproxy_s": round(through["seconds"], 2),
+        "vs_direct": round(direct_s / through["seconds"], 2), "server_cpu_s_per_GB": through["cpu_s_per_GB"],
+        "peak_rss_MiB": through["rss_MiB"], "status": "ok",
+    })
+
+
+def run(ctx: RunContext) -> ScenarioResult:
+    from ..servers.rclone import RcloneS3Server
+    from ..servers.swift import SwiftServer, swift_venv, swift_venv_ready
+
+    size = ctx.profile.stores_image_size
+    result = ScenarioResult(
+        NAME, f"Cold {size >> 20} MiB read from each store: imgproxy (cache fill) vs the store's own client",
+        ["store", "size_MiB", "direct_s", "imgproxy_s", "vs_direct", "server_cpu_s_per_GB", "peak_rss_MiB", "status"],
+        plot={"x": "store", "series": "store", "panels": [
+            {"y": "vs_direct", "ylabel": "direct time / imgproxy time"},
+            {"y": "server_cpu_s_per_GB", "ylabel": "imgproxy CPU s per GB"},
+        ]},
+    )
+    if shutil.which("curl") is None:
+        result.not_run("all", "curl is not installed")
+        return result
+    work = ctx.work / "stores"
+    image = make_image(work / "files", "store.img", size)
+    try:
+        ctx.progress.step("rclone serve s3")
+        rclone = RcloneS3Server(work / "rclone", buckets=("imgproxy",)).start()
+        try:
+            s3 = {"endpoint": rclone.endpoint, "region": rclone.region, "access_key": rclone.access_key,
+                  "secret_key": rclone.secret_key, "allow_http": True}
+            direct, through = _through_imgproxy(
+                ctx, work / "imgproxy-rclone", {"store": "s3://imgproxy/images", "s3": s3}, image,
+                lambda image_id: _read_s3_direct(rclone.endpoint, rclone.region, rclone.access_key,
+                                                 rclone.secret_key, "imgproxy", f"images/{image_id}"))
+            _row(result, "s3 (rclone)", direct, through, size)
+        finally:
+            rclone.stop()
+        if not swift_venv_ready():
+            result.not_run("swift", "the Swift venv is missing: python -m bench setup-swift")
+            return result
+        ctx.progress.step("swift all-in-one")
+        swift = SwiftServer(work / "swift").start()
+        try:
+            token = swift.token()
+            for container in ("images", "imgproxy"):
+                httpx.put(f"{swift.storage_url}/{container}", headers={"X-Auth-Token": token}, timeout=30).raise_for_status()
+            opts = {"auth_url": swift.auth_url, "user": swift.user, "key": swift.key}
+            direct, through = _through_imgproxy(
+                ctx, work / "imgproxy-swift", {"store": "swift://images", "swift": opts}, image,
+                lambda image_id: _read_swift_direct(str(swift_venv() / "bin"), swift.auth_url, swift.user, swift.key,
+                                                    "images", image_id))
+            _row(result, "swift", direct, through, size)
+            s3 = swift.s3
+            opts3 = {"endpoint": s3.endpoint, "region": s3.region, "access_key": s3.access_key,
+                     "secret_key": s3.secret_key, "allow_http": True}
+            direct, through = _through_imgproxy(
+                ctx, work / "imgproxy-swift-s3", {"store": "s3://imgproxy/images", "s3": opts3}, image,
+                lambda image_id: _read_s3_direct(s3.endpoint, s3.region, s3.access_key, s3.secret_key, "imgproxy",
+                                                 f"images/{image_id}"))
+            _row(result, "s3 (swift s3api)", direct, through, size)
+        finally:
+            swift.stop()
+    finally:
+        image.path.unlink(missing_ok=True)
+    result.notes.append("Target (issue 8): vs_direct >= 1.0 for every store. direct: one sequential read by the "
+                        "store's own client (obstore for S3, python-swiftclient for Swift), to nothing; imgproxy: "
+                        "a cold download of an image it stored, the cache filling 4 MiB chunks by parallel ranged "
+                        "reads, each verified (xxh3) against the manifest.")
+    return result
