@@ -15,8 +15,9 @@ Layout (named databases of the service's one environment):
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
 
 Every write updates the record and its index entries in ONE write transaction. All
-methods are synchronous and short; a write transaction belongs to the thread that began
-it, so never hold one across an ``await``.
+methods are synchronous and short. Write transactions begin through ``write_txn``, which
+refuses the event loop's thread: async code calls the write methods through the
+process's ``DbWriter``; reads may run anywhere.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any, cast
 
 import lmdb
 import xxhash
+
+from cache.txn import write_txn
 
 from . import policy
 from .owners import current_owner, owner_alive
@@ -206,14 +209,14 @@ class Registry:
 
     def create(self, record: dict[str, Any]) -> dict[str, Any]:
         """Insert a new record (with ``id``, ``_created_us``); Conflict if the id was ever used."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             self._insert(txn, record)
         return record
 
     def create_many(self, records: Iterable[dict[str, Any]]) -> int:
         """Insert many records in one transaction (bulk loads, benchmarks)."""
         n = 0
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             for record in records:
                 self._insert(txn, record)
                 n += 1
@@ -238,7 +241,7 @@ class Registry:
         aborts the transaction). With ``ctx``, the image must be visible (else NotFound)
         and modifiable by it (else Forbidden) first. ``updated_at`` is set here.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._modifiable(txn, ctx, image_id)
             new = change(json.loads(_dumps(old)))
             new["id"], new["_created_us"] = old["id"], old["_created_us"]
@@ -261,7 +264,7 @@ class Registry:
 
         With ``ctx``: NotFound unless visible, Forbidden unless modifiable or when protected.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._modifiable(txn, ctx, image_id)
             if old.get("protected"):
                 raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
@@ -282,7 +285,7 @@ class Registry:
 
         Raises NotFound / Forbidden / Conflict("image is not queued").
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._visible(txn, ctx, image_id)
             policy.check_modify(ctx, old)
             if old["status"] != "queued":
@@ -306,7 +309,7 @@ class Registry:
 
         Returns None (and runs nothing) if the image was deleted or is no longer saving.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return None
@@ -328,7 +331,7 @@ class Registry:
 
     def fail_upload(self, image_id: str) -> None:
         """saving -> queued; a no-op in any other state."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return
@@ -350,7 +353,7 @@ class Registry:
                 if owner is not None and not owner_alive(owner):
                     orphans.append(image_id)
         for image_id in orphans:
-            with self.env.begin(write=True) as txn:
+            with write_txn(self.env) as txn:
                 old = self.load(txn, image_id)
                 if old is None or old.get("_upload_owner") is None or owner_alive(old["_upload_owner"]):
                     continue
@@ -380,7 +383,7 @@ class Registry:
 
         Raises NotFound (not visible to ``ctx``), Conflict (not queued).
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._visible(txn, ctx, image_id)
             if old["status"] != "queued":
                 raise Conflict(f"Image {image_id} is not queued (status {old['status']}); cannot add a location.")
@@ -438,7 +441,7 @@ class Registry:
 
         Returns None (running nothing) if the image moved on meanwhile (deleted, ...).
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] != "saving":
                 return None
@@ -452,7 +455,7 @@ class Registry:
     def end_verify(self, image_id: str, url: str, *, checksum: str) -> dict[str, Any] | None:
         """The verify pass succeeded: the pass is no longer owed; a checksum the client did
         not give is filled in. Returns the record, None if it is gone."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old.get("checksum"):
                 return old
@@ -467,7 +470,7 @@ class Registry:
         transition only this path uses (Glance kills an image whose data fails its
         checks). Returns the record, None if it is gone.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] not in ("active", "deactivated", "saving"):
                 return old
@@ -478,7 +481,7 @@ class Registry:
 
     def drop_location(self, image_id: str, url: str) -> dict[str, Any] | None:
         """The digest pass failed (upstream gone): saving -> queued, location and size removed."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] != "saving":
                 return old
@@ -524,7 +527,7 @@ class Registry:
     def add_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Add ``member`` as pending. ``check(record)`` runs first, in the transaction
         (policy); Conflict if already a member."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             if record is None:
                 raise NotFound(f"No image found with ID {image_id}")
@@ -538,19 +541,19 @@ class Registry:
 
     def set_member_status(self, image_id: str, member: str, status: str) -> dict[str, Any]:
         """Change a membership's status; NotFound if no such membership."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             raw = txn.get(_member_key(image_id, member), db=self._members)
             if record is None or raw is None:
                 raise NotFound(f"{member} is not a member of image {image_id}")
-            old = json.loads(raw)
+            old = json.loads(bytes(raw))
             new = dict(old, status=status, updated_at=utc_now()[0])
             self._put_member(txn, record, old, new)
             return new
 
     def remove_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> None:
         """Remove a membership; ``check(record)`` runs first; NotFound if absent."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             if record is None:
                 raise NotFound(f"No image found with ID {image_id}")
@@ -558,7 +561,7 @@ class Registry:
             raw = txn.get(_member_key(image_id, member), db=self._members)
             if raw is None:
                 raise NotFound(f"{member} is not a member of image {image_id}")
-            self._drop_member(txn, record, json.loads(raw))
+            self._drop_member(txn, record, json.loads(bytes(raw)))
 
 
 def _successor(prefix: bytes) -> bytes | None:
