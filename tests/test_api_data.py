@@ -358,7 +358,26 @@ def test_image_deleted_during_upload_keeps_no_data(capped: tuple[ServerProcess, 
         assert stored_names(proc, image_id) == []
 
 
-# ---- sending errors ----------------------------------------------------
+# ---- admission and sending errors ----------------------------------------------------
+
+
+def test_uploads_over_max_uploads_get_503_and_stay_queued(server_factory: Callable[..., ServerProcess]) -> None:
+    proc = server_factory(noauth=True, config={"max_uploads": 1})
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        first, second = create_image(client), create_image(client)
+        head, tail = payload(200_000, 11), payload(200_000, 12)
+        with _send_partial_upload(proc.port, first, len(head) + len(tail), head) as sock:
+            assert wait_status(client, first, "saving") == "saving"
+            refused = upload(client, second, payload(1000, 13))
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == 503
+            assert int(refused.headers["Retry-After"]) > 0
+            assert status_of(client, second) == "queued"
+            sock.sendall(tail)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 204")
+        # The slot is free again.
+        assert upload(client, second, payload(1000, 13)).status_code == 204
+        assert client.get(f"/v2/images/{first}/file").content == head + tail
 
 
 def test_io_error_while_sending_is_logged_and_cuts_the_connection(

@@ -21,7 +21,7 @@ from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
-from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge
+from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
 from .errors import store_error
 
 if TYPE_CHECKING:
@@ -101,18 +101,28 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
     return size
 
 
+# Seconds a client refused for too many uploads is told to wait.
+RETRY_AFTER = 5
+
+
 class Uploads:
-    """The upload workflow of one process."""
+    """The upload workflow of one process. Lives on the event loop (not thread-safe).
+
+    At most ``max_uploads`` uploads run at once (each holds store and cache writers,
+    threads and a few chunks of memory); more are refused before anything changes.
+    """
 
     def __init__(self, service: "Service") -> None:
         self._s = service
+        self.active = 0
 
     async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
                      declared: int | None) -> None:
         """Store ``body`` as the data of a queued image and make it active.
 
         ``declared`` is the Content-Length (None when chunked). Raises NotFound, Forbidden,
-        MethodNotAllowed (read-only store), PayloadTooLarge, Conflict (not queued),
+        MethodNotAllowed (read-only store), PayloadTooLarge, ServiceUnavailable (too many
+        uploads running; the image stays queued), Conflict (not queued),
         BadRequest (short body), Gone (deleted meanwhile), a store error; and whatever
         ``body`` raises when the client goes away. On any failure the image is queued again
         and nothing of the body is kept.
@@ -129,8 +139,18 @@ class Uploads:
         cap = service.settings.image_size_cap
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
-        await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
-        await self._store_body(body, store, image_id, cap, declared)
+        limit = service.settings.max_uploads
+        if self.active >= limit:
+            raise ServiceUnavailable(
+                f"This server is receiving {limit} uploads already; retry in a few seconds.",
+                headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+            )
+        self.active += 1
+        try:
+            await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
+            await self._store_body(body, store, image_id, cap, declared)
+        finally:
+            self.active -= 1
 
     async def _fail(self, image_id: str) -> None:
         await self._s.writer.run(self._s.registry.fail_upload, image_id)
