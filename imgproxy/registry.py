@@ -13,6 +13,9 @@ Layout (named databases of the service's one environment):
   filters in memory anyway.
 - ``members``: ``<image id>\\0<member>`` -> member JSON.
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
+- ``delete_journal``: image id -> ``{"locations": [url, ...]}`` of a deleted image whose
+  store data and manifest may still exist; written in the transaction that deletes the
+  record, removed by the reaper once both are gone (so a crash in between loses nothing).
 
 Every write updates the record and its index entries in ONE write transaction. All
 methods are synchronous and short. Write transactions begin through ``write_txn``, which
@@ -109,6 +112,7 @@ class Registry:
         self._members = env.open_db(b"members")
         self._deleted = env.open_db(b"deleted")
         self._passes = env.open_db(b"location_passes")
+        self._journal = env.open_db(b"delete_journal")
 
     # ---- low-level, used inside one transaction -------------------------------------
 
@@ -275,8 +279,25 @@ class Registry:
             deleted_at = utc_now()[0]
             tomb = {"deleted_at": deleted_at, "owner": old.get("owner"), "_locations": old.get("_locations", [])}
             txn.put(image_id.encode(), _dumps(tomb), db=self._deleted)
+            urls = [str(loc["url"]) for loc in old.get("_locations") or [] if loc.get("url")]
+            txn.put(image_id.encode(), _dumps({"locations": urls}), db=self._journal)
         old["status"] = "deleted"
         return old
+
+    def pending_deletes(self, image_id: str | None = None) -> list[tuple[str, list[str]]]:
+        """Deleted images whose data may remain, as ``(image_id, location urls)``; only
+        ``image_id``'s entry when given. Cost grows with the deletes not yet reaped."""
+        with self.read() as txn:
+            if image_id is not None:
+                raw = txn.get(image_id.encode(), db=self._journal)
+                return [] if raw is None else [(image_id, list(json.loads(bytes(raw))["locations"]))]
+            return [(bytes(k).decode(), list(json.loads(bytes(v))["locations"]))
+                    for k, v in txn.cursor(db=self._journal)]
+
+    def reaped(self, image_id: str) -> None:
+        """The deleted image's data and manifest are gone: drop its journal entry."""
+        with write_txn(self.env) as txn:
+            txn.delete(image_id.encode(), db=self._journal)
 
     # ---- the upload lifecycle (called by the data API) --------------------------------
 

@@ -116,16 +116,24 @@ async def _requeue_orphaned_uploads(service: Service) -> None:
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
+async def _reap(service: Service) -> None:
+    reaped = await service.images.deletes.reap()
+    if reaped:
+        log.info("removed the data of %d deleted images", reaped)
+
+
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, then the cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the cache's leftovers."""
     await _requeue_orphaned_uploads(service)
+    await _reap(service)
     await service.cache.clean()
 
 
 async def _recover(service: Service) -> None:
-    """Start-up recovery: uploads cut by a crash are queued again; leftovers in the store
-    and the cache go."""
+    """Start-up recovery: uploads cut by a crash are queued again; deletes a crash
+    interrupted are finished; leftovers in the store and the cache go."""
     await _requeue_orphaned_uploads(service)
+    await _reap(service)
     store = service.backends.default
     sweep = getattr(store, "sweep_temp", None)
     if sweep is not None:

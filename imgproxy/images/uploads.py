@@ -5,7 +5,8 @@ The body streams once, never held whole in memory: counted against
 ``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass)
 while the same pieces go to the writable store. The image turns ``active`` only after
 the store committed the bytes, in the transaction that records its manifest; any
-failure (cap exceeded, client gone, store error) aborts both and puts the image back to ``queued``, leaving nothing referenced.
+failure (cap exceeded, client gone, store error, the finishing transaction itself)
+aborts both and puts the image back to ``queued``, leaving nothing referenced.
 """
 
 from __future__ import annotations
@@ -197,7 +198,10 @@ class Uploads:
                 also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
             ))
         except BaseException:
+            # The finishing transaction failed (disk, map full, ...): its bytes go, and the
+            # image is queued again for another upload, not left saving with a live owner.
             with CancelScope(shield=True):
+                await self._fail(image_id)
                 await self._delete_quietly(store, location)
             raise
         if active is None:
