@@ -4,8 +4,11 @@ The default order (created_at desc, id desc) walks the registry's index streams 
 marker, k-way merging the streams a caller may see (own, public, shared-accepted, ...),
 and applies the remaining filters in memory on the few records read: a page costs about
 ``limit`` record reads when the filters match often, whatever the number of images.
-Other sort keys fall back to reading every candidate of those streams and sorting in
-memory (cost grows with the number of visible images).
+Other sort keys fall back to reading every candidate of those streams and keeping the
+best page in a bounded heap (time grows with the number of visible images, memory with
+the page). A filter that rarely matches reads many records too, so :func:`list_images`
+is synchronous and the image service runs it on its bounded reader pool
+(:class:`imgproxy.db.ReaderPool`), never on the event loop.
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ Layout (named databases of the service's one environment):
   filters in memory anyway.
 - ``members``: ``<image id>\\0<member>`` -> member JSON.
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
+- ``delete_journal``: image id -> ``{"locations": [url, ...]}`` of a deleted image whose
+  store data and manifest may still exist; written in the transaction that deletes the
+  record, removed by the reaper once both are gone (so a crash in between loses nothing).
 
 Every write updates the record and its index entries in ONE write transaction. All
-methods are synchronous and short; a write transaction belongs to the thread that began
-it, so never hold one across an ``await``.
+methods are synchronous and short. Write transactions begin through ``write_txn``, which
+refuses the event loop's thread: async code calls the write methods through the
+process's ``DbWriter``; reads may run anywhere.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, cast
 
 import lmdb
 import xxhash
+
+from cache.txn import write_txn
 
 from . import policy
 from .owners import current_owner, owner_alive
@@ -106,6 +112,7 @@ class Registry:
         self._members = env.open_db(b"members")
         self._deleted = env.open_db(b"deleted")
         self._passes = env.open_db(b"location_passes")
+        self._journal = env.open_db(b"delete_journal")
 
     # ---- low-level, used inside one transaction -------------------------------------
 
@@ -206,14 +213,14 @@ class Registry:
 
     def create(self, record: dict[str, Any]) -> dict[str, Any]:
         """Insert a new record (with ``id``, ``_created_us``); Conflict if the id was ever used."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             self._insert(txn, record)
         return record
 
     def create_many(self, records: Iterable[dict[str, Any]]) -> int:
         """Insert many records in one transaction (bulk loads, benchmarks)."""
         n = 0
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             for record in records:
                 self._insert(txn, record)
                 n += 1
@@ -238,7 +245,7 @@ class Registry:
         aborts the transaction). With ``ctx``, the image must be visible (else NotFound)
         and modifiable by it (else Forbidden) first. ``updated_at`` is set here.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._modifiable(txn, ctx, image_id)
             new = change(json.loads(_dumps(old)))
             new["id"], new["_created_us"] = old["id"], old["_created_us"]
@@ -261,7 +268,7 @@ class Registry:
 
         With ``ctx``: NotFound unless visible, Forbidden unless modifiable or when protected.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._modifiable(txn, ctx, image_id)
             if old.get("protected"):
                 raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
@@ -272,8 +279,25 @@ class Registry:
             deleted_at = utc_now()[0]
             tomb = {"deleted_at": deleted_at, "owner": old.get("owner"), "_locations": old.get("_locations", [])}
             txn.put(image_id.encode(), _dumps(tomb), db=self._deleted)
+            urls = [str(loc["url"]) for loc in old.get("_locations") or [] if loc.get("url")]
+            txn.put(image_id.encode(), _dumps({"locations": urls}), db=self._journal)
         old["status"] = "deleted"
         return old
+
+    def pending_deletes(self, image_id: str | None = None) -> list[tuple[str, list[str]]]:
+        """Deleted images whose data may remain, as ``(image_id, location urls)``; only
+        ``image_id``'s entry when given. Cost grows with the deletes not yet reaped."""
+        with self.read() as txn:
+            if image_id is not None:
+                raw = txn.get(image_id.encode(), db=self._journal)
+                return [] if raw is None else [(image_id, list(json.loads(bytes(raw))["locations"]))]
+            return [(bytes(k).decode(), list(json.loads(bytes(v))["locations"]))
+                    for k, v in txn.cursor(db=self._journal)]
+
+    def reaped(self, image_id: str) -> None:
+        """The deleted image's data and manifest are gone: drop its journal entry."""
+        with write_txn(self.env) as txn:
+            txn.delete(image_id.encode(), db=self._journal)
 
     # ---- the upload lifecycle (called by the data API) --------------------------------
 
@@ -282,7 +306,7 @@ class Registry:
 
         Raises NotFound / Forbidden / Conflict("image is not queued").
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._visible(txn, ctx, image_id)
             policy.check_modify(ctx, old)
             if old["status"] != "queued":
@@ -306,7 +330,7 @@ class Registry:
 
         Returns None (and runs nothing) if the image was deleted or is no longer saving.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return None
@@ -328,7 +352,7 @@ class Registry:
 
     def fail_upload(self, image_id: str) -> None:
         """saving -> queued; a no-op in any other state."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return
@@ -350,7 +374,7 @@ class Registry:
                 if owner is not None and not owner_alive(owner):
                     orphans.append(image_id)
         for image_id in orphans:
-            with self.env.begin(write=True) as txn:
+            with write_txn(self.env) as txn:
                 old = self.load(txn, image_id)
                 if old is None or old.get("_upload_owner") is None or owner_alive(old["_upload_owner"]):
                     continue
@@ -380,7 +404,7 @@ class Registry:
 
         Raises NotFound (not visible to ``ctx``), Conflict (not queued).
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._visible(txn, ctx, image_id)
             if old["status"] != "queued":
                 raise Conflict(f"Image {image_id} is not queued (status {old['status']}); cannot add a location.")
@@ -438,7 +462,7 @@ class Registry:
 
         Returns None (running nothing) if the image moved on meanwhile (deleted, ...).
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] != "saving":
                 return None
@@ -452,7 +476,7 @@ class Registry:
     def end_verify(self, image_id: str, url: str, *, checksum: str) -> dict[str, Any] | None:
         """The verify pass succeeded: the pass is no longer owed; a checksum the client did
         not give is filled in. Returns the record, None if it is gone."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old.get("checksum"):
                 return old
@@ -467,7 +491,7 @@ class Registry:
         transition only this path uses (Glance kills an image whose data fails its
         checks). Returns the record, None if it is gone.
         """
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] not in ("active", "deactivated", "saving"):
                 return old
@@ -478,7 +502,7 @@ class Registry:
 
     def drop_location(self, image_id: str, url: str) -> dict[str, Any] | None:
         """The digest pass failed (upstream gone): saving -> queued, location and size removed."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             old = self._pass_target(txn, image_id, url)
             if old is None or old["status"] != "saving":
                 return old
@@ -524,7 +548,7 @@ class Registry:
     def add_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Add ``member`` as pending. ``check(record)`` runs first, in the transaction
         (policy); Conflict if already a member."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             if record is None:
                 raise NotFound(f"No image found with ID {image_id}")
@@ -538,19 +562,19 @@ class Registry:
 
     def set_member_status(self, image_id: str, member: str, status: str) -> dict[str, Any]:
         """Change a membership's status; NotFound if no such membership."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             raw = txn.get(_member_key(image_id, member), db=self._members)
             if record is None or raw is None:
                 raise NotFound(f"{member} is not a member of image {image_id}")
-            old = json.loads(raw)
+            old = json.loads(bytes(raw))
             new = dict(old, status=status, updated_at=utc_now()[0])
             self._put_member(txn, record, old, new)
             return new
 
     def remove_member(self, image_id: str, member: str, *, check: Callable[[dict[str, Any]], None]) -> None:
         """Remove a membership; ``check(record)`` runs first; NotFound if absent."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             record = self.load(txn, image_id)
             if record is None:
                 raise NotFound(f"No image found with ID {image_id}")
@@ -558,7 +582,7 @@ class Registry:
             raw = txn.get(_member_key(image_id, member), db=self._members)
             if raw is None:
                 raise NotFound(f"{member} is not a member of image {image_id}")
-            self._drop_member(txn, record, json.loads(raw))
+            self._drop_member(txn, record, json.loads(bytes(raw)))
 
 
 def _successor(prefix: bytes) -> bytes | None:

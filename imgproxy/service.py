@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import lmdb
 
 from backends import Backends
 from cache import ImageCache
+from cache.txn import DbWriter
 
 from .auth import Authenticator, NoAuth
-from .db import open_env
+from .db import ReaderPool, open_env
+from .images import Images
 from .locations import LocationPasses
 from .loops import start_loops
 from .memory import IdleTrimmer
@@ -26,7 +31,11 @@ log = logging.getLogger("imgproxy")
 
 @dataclass
 class Service:
-    """Everything a request handler may use. One per worker process."""
+    """Everything a request handler may use. One per worker process.
+
+    LMDB writes go through ``writer`` (the process's one writer thread), scans that may
+    touch many records through ``readers``; point reads may run on the event loop.
+    """
 
     settings: Settings
     env: lmdb.Environment
@@ -34,21 +43,42 @@ class Service:
     backends: Backends
     auth: Authenticator
     cache: ImageCache
+    writer: DbWriter
+    readers: ReaderPool = field(default_factory=ReaderPool)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
+    images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
+    _spawned: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.locations = LocationPasses(self)
+        self.images = Images(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` as a task of the service (not of a request): it goes on when the
+        client has gone, and shutdown cancels it. Its failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._spawned.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._spawned.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     async def aclose(self) -> None:
         await self.locations.aclose()
-        for task in self.tasks:
+        tasks = [*self.tasks, *self._spawned]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.cache.aclose()
         await self.backends.aclose()
         self.auth.close()
+        self.readers.close()
+        self.writer.close()
         self.env.close()
 
 
@@ -60,7 +90,11 @@ def open_authenticator(settings: Settings) -> Authenticator:
     return TokensAuth(settings.data_dir / "tokens.json")
 
 
-def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
+def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | None = None) -> ImageCache:
+    options: dict[str, Any] = {}
+    # The cache shares the process's writer once its constructor takes one.
+    if writer is not None and "writer" in inspect.signature(ImageCache).parameters:
+        options["writer"] = writer
     return ImageCache(
         settings.data_dir / "cache",
         env,
@@ -73,24 +107,33 @@ def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
         readahead_chunks=settings.readahead_chunks,
+        **options,
     )
 
 
 async def _requeue_orphaned_uploads(service: Service) -> None:
-    for image_id in await asyncio.to_thread(service.registry.requeue_orphaned_uploads):
+    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads):
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
+async def _reap(service: Service) -> None:
+    reaped = await service.images.deletes.reap()
+    if reaped:
+        log.info("removed the data of %d deleted images", reaped)
+
+
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, then the cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the cache's leftovers."""
     await _requeue_orphaned_uploads(service)
+    await _reap(service)
     await service.cache.clean()
 
 
 async def _recover(service: Service) -> None:
-    """Start-up recovery: uploads cut by a crash are queued again; leftovers in the store
-    and the cache go."""
+    """Start-up recovery: uploads cut by a crash are queued again; deletes a crash
+    interrupted are finished; leftovers in the store and the cache go."""
     await _requeue_orphaned_uploads(service)
+    await _reap(service)
     store = service.backends.default
     sweep = getattr(store, "sweep_temp", None)
     if sweep is not None:
@@ -111,11 +154,13 @@ async def _check_stores(service: Service) -> None:
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = open_env(settings.data_dir, settings.lmdb_map_size)
+    writer = DbWriter()
     registry = Registry(env)
     backends = Backends(settings.store_url, settings.extra)
     auth = open_authenticator(settings)
-    cache = open_cache(settings, env)
-    service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache)
+    cache = open_cache(settings, env, writer)
+    service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
+                      writer=writer)
     if loops:
         await _recover(service)
         from .sources import prefetch_queued

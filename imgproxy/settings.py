@@ -48,6 +48,8 @@ class Settings:
     store: str = ""
     # Largest image a client may upload (Glance's image_size_cap default: 1 TiB).
     image_size_cap: int = TiB
+    # Uploads one process receives at once; more are answered 503 with Retry-After.
+    max_uploads: int = 16
     # Largest JSON request body (create, patch, members).
     max_json_body: int = 64 * KiB
     # Connections (per worker process) served at once; a request on one more is answered 503.
@@ -161,6 +163,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("auth", f"must be one of {', '.join(AUTH_MODES)}, got {s.auth!r}")
     if s.image_size_cap < 1:
         raise SettingsError("image_size_cap", "must be positive")
+    if s.max_uploads < 1:
+        raise SettingsError("max_uploads", "must be at least 1")
     if s.max_json_body < 1024:
         raise SettingsError("max_json_body", "must be at least 1024")
     if s.max_connections < 1:

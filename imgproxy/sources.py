@@ -47,7 +47,7 @@ async def resolve_source(service: "Service", record: dict[str, Any]) -> Source |
             checksum=record.get("checksum"),
             os_hash_value=record.get("os_hash_value"),
         )
-        service.cache.put_manifest(image_id, manifest)
+        await service.writer.run(service.cache.put_manifest, image_id, manifest)
     return Source(manifest, backend, location)
 
 

@@ -356,3 +356,53 @@ def test_image_deleted_during_upload_keeps_no_data(capped: tuple[ServerProcess, 
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 410")
         assert stored_names(proc, image_id) == []
+
+
+# ---- admission and sending errors ----------------------------------------------------
+
+
+def test_uploads_over_max_uploads_get_503_and_stay_queued(server_factory: Callable[..., ServerProcess]) -> None:
+    proc = server_factory(noauth=True, config={"max_uploads": 1})
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        first, second = create_image(client), create_image(client)
+        head, tail = payload(200_000, 11), payload(200_000, 12)
+        with _send_partial_upload(proc.port, first, len(head) + len(tail), head) as sock:
+            assert wait_status(client, first, "saving") == "saving"
+            refused = upload(client, second, payload(1000, 13))
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == 503
+            assert int(refused.headers["Retry-After"]) > 0
+            assert status_of(client, second) == "queued"
+            sock.sendall(tail)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 204")
+        # The slot is free again.
+        assert upload(client, second, payload(1000, 13)).status_code == 204
+        assert client.get(f"/v2/images/{first}/file").content == head + tail
+
+
+def test_io_error_while_sending_is_logged_and_cuts_the_connection(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """A cached chunk that cannot be read (a directory where its file was: EISDIR) is a
+    real error, not a client that went away: the log names the image, the client sees a
+    broken transfer."""
+    import xxhash
+
+    chunk = 64 * 1024
+    proc = server_factory(noauth=True, config={"chunk_size": chunk})
+    data = payload(4 * chunk, 14)
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        image_id = create_image(client)
+        assert upload(client, image_id, data).status_code == 204
+        path = proc.data_dir / "cache" / "chunks"
+        address = xxhash.xxh3_128_hexdigest(data[2 * chunk: 3 * chunk])
+        target = path / address[:2] / address[2:]
+        target.unlink()
+        (target / "not-a-chunk").mkdir(parents=True)
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(f"/v2/images/{image_id}/file")
+    deadline = time.monotonic() + 10
+    while image_id not in proc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    errors = [line for line in proc.log().splitlines() if image_id in line]
+    assert errors and "Is a directory" in "\n".join(errors), proc.log()[-3000:]

@@ -72,6 +72,19 @@ def body_bytes(store: NginxStore) -> int:
         time.sleep(0.2)
 
 
+def read_cut(client: httpx.Client, image_id: str, data: bytes) -> bytes:
+    """GET the image's data and expect the connection to be cut before the body completes;
+    return what arrived (a strict prefix of ``data``: the last byte was held back)."""
+    got = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError):
+        with client.stream("GET", f"/v2/images/{image_id}/file") as r:
+            assert r.status_code == 200
+            for piece in r.iter_bytes():
+                got += piece
+    assert len(got) < len(data) and data.startswith(got)
+    return bytes(got)
+
+
 def start_server(data_dir: Path, **kwargs: Any) -> ServerProcess:
     config = {"chunk_size": CHUNK, "image_size_cap": 64 * 1024 * 1024, **kwargs.pop("config", {})}
     return ServerProcess(data_dir, config=config, **kwargs).start()
@@ -181,14 +194,44 @@ def test_wrong_validation_data_kills_the_image(admin_c: httpx.Client, nginx_stor
     validation = digests(data)
     validation[wrong] = digests(b"other bytes")[wrong]
     assert add_location(admin_c, image_id, url, validation).status_code == 202
-    # The first full read verifies (its client gets the bytes as they come, like Glance's).
-    assert admin_c.get(f"/v2/images/{image_id}/file").status_code == 200
+    # The first full read verifies in line: its client gets the bytes as they come, but
+    # never the last one of wrong data; the connection is cut instead.
+    read_cut(admin_c, image_id, data)
     wait_status(admin_c, image_id, "killed")
     # A killed image has no data to serve (Glance: 204) and no location left.
     r = admin_c.get(f"/v2/images/{image_id}/file")
     assert r.status_code == 204 and r.content == b""
     assert admin_c.get(f"/v2/images/{image_id}/locations").json() == []
     assert admin_c.delete(f"/v2/images/{image_id}").status_code == 204
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["right", "wrong"])
+def test_concurrent_full_reads_wait_for_the_verdict(
+    admin_c: httpx.Client, nginx_store_factory: Callable[..., NginxStore], right: bool
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow = nginx_store_factory(limit_rate=SLOW)  # the reads overlap: one verifies, the others wait
+    data = os.urandom(4 * CHUNK + 11)
+    url = slow.put("together.img", data)
+    image_id = new_image(admin_c)
+    validation = digests(data if right else b"something else")
+    assert add_location(admin_c, image_id, url, validation).status_code == 202
+
+    def read(_: int) -> bytes:
+        if not right:
+            return read_cut(admin_c, image_id, data)
+        got = admin_c.get(f"/v2/images/{image_id}/file")
+        assert got.status_code == 200
+        return got.content
+
+    with ThreadPoolExecutor(3) as pool:
+        bodies = list(pool.map(read, range(3)))
+    if right:
+        assert bodies == [data] * 3
+        assert admin_c.get(f"/v2/images/{image_id}").json()["status"] == "active"
+    else:
+        wait_status(admin_c, image_id, "killed")
 
 
 def test_range_on_a_cold_image_fills_only_its_chunks(admin_c: httpx.Client, nginx_store: NginxStore) -> None:
@@ -352,7 +395,7 @@ def test_owed_verify_pass_waits_for_a_full_read_across_restarts(
             time.sleep(0.5)  # room for a pass that should not start on its own
             assert c.get(f"/v2/images/{image_id}").json()["status"] == "active"
             assert body_bytes(store) == 0  # nothing read the image yet
-            assert c.get(f"/v2/images/{image_id}/file").status_code == 200
+            read_cut(c, image_id, data)
             wait_status(c, image_id, "killed")
     finally:
         proc.stop()

@@ -1,7 +1,7 @@
 """The edge's own cache API (``/v2/cache``), for the edge's own admin tokens.
 
-Same paths and answers as the service's (Glance's cache API, :mod:`imgproxy.api.cache_api`);
-the listing, clearing, pruning and cleaning handlers are that module's. What differs is
+Same paths and answers as the service's (Glance's cache API, :mod:`imgproxy.api.cache_api`),
+on the edge's cache alone (the edge keeps no image records). What differs is
 where images are known: queueing asks the upstream with the edge's ``upstream_token``
 (404 unknown, 400 not active, 502 when the upstream refuses that token), and the edge
 knows only the images in its cache or queue. ``GET /v2/cache/stats`` adds the edge's
@@ -11,14 +11,15 @@ counters under ``edge``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..api.cache_api import clean_cache, clear_cache, get_cache_state, prune_cache
 from ..api.common import caller, json_response
+from ..images.cache_admin import CLEAR_TARGETS
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceUnavailable
 from .service import EdgeService, cacheable
 from .upstream import UpstreamUnavailable
@@ -37,6 +38,41 @@ def _known(service: EdgeService, image_id: str) -> bool:
     if image_id in service.cache.queued() or service.cache.get_manifest(image_id) is not None:
         return True
     return False
+
+
+async def get_cache_state(request: Request) -> Response:
+    """``GET /v2/cache``: fully cached images (Glance's five fields) and the queue."""
+    service = _admin_service(request)
+    rows = await asyncio.to_thread(service.cache.cached_images)
+    fields = ("image_id", "hits", "last_accessed", "last_modified", "size")
+    cached = [{k: row[k] for k in fields} for row in rows if row["complete"]]
+    return json_response({"cached_images": cached, "queued_images": service.cache.queued()})
+
+
+async def clear_cache(request: Request) -> Response:
+    """``DELETE /v2/cache``: 204; ``x-image-cache-clear-target`` picks cache, queue or both."""
+    service = _admin_service(request)
+    target = request.headers.get("x-image-cache-clear-target", "").strip().lower()
+    if target not in CLEAR_TARGETS:
+        raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
+    if target in ("", "queue"):
+        await asyncio.to_thread(service.cache.clear_queue)
+    if target in ("", "cache"):
+        await service.cache.clear_cache()
+    return Response(status_code=204)
+
+
+async def prune_cache(request: Request) -> Response:
+    """``POST /v2/cache/prune``: evict LRU chunks if over the high watermark."""
+    result = await _admin_service(request).cache.prune()
+    return json_response({"total_files_pruned": result.files, "total_bytes_pruned": result.bytes})
+
+
+async def clean_cache(request: Request) -> Response:
+    """``POST /v2/cache/clean``: remove stale temp files and orphans, fix the index."""
+    result = await _admin_service(request).cache.clean()
+    files = result.temp_files + result.fill_files + result.orphans_removed
+    return json_response({"total_files_cleaned": files, **dataclasses.asdict(result)})
 
 
 async def queue_image(request: Request) -> Response:

@@ -22,9 +22,10 @@ from starlette.types import Receive, Scope, Send
 from backends import ByteRange
 from cache import CacheError, UpstreamCorrupt
 
-from ..api.data import ImageDataResponse, _download_headers, _first_piece
+from ..api.data import ImageDataResponse, download_headers
 from ..errors import ApiError, BadGateway, ServiceUnavailable
-from ..ranges import parse_range
+from ..images.downloads import Download, translated
+from ..ranges import content_range, parse_range
 from .proxy import UpstreamProxy
 from .service import EdgeService, cacheable
 from .upstream import Answer, UpstreamUnavailable
@@ -78,22 +79,26 @@ async def download(request: Request) -> Response:
     # If-Range names a validator we never send, so it cannot match: serve everything.
     range_header = None if "if-range" in request.headers else request.headers.get("range")
     byte_range = parse_range(range_header, size)
-    headers = _download_headers(record, size, byte_range)
+    wanted = byte_range or ByteRange(0, size)
+    crange = None if byte_range is None else content_range(byte_range, size)
     status = 200 if byte_range is None else 206
     if request.method == "HEAD":
-        return Response(status_code=status, headers=headers)
+        return Response(status_code=status, headers=download_headers(Download(record, size, wanted.length, crange,
+                                                                              b"", None)))
 
-    wanted = byte_range or ByteRange(0, size)
     location = service.location(image_id)
     body = service.cache.read(image_id, manifest, wanted, service.backend, location)
     if not service.verifier.verified(image_id, manifest):
         body = service.verifier.guard(body, service.verifier.start(image_id, manifest, service.backend, location))
+    # The first piece before answering, so a dead upstream is an HTTP error, not a cut.
     try:
-        first = await _first_piece(body, wanted)
+        first = await body.__anext__() if wanted.length else b""
+    except StopAsyncIteration:
+        first = b""
     except CacheError as exc:
         await body.aclose()  # type: ignore[attr-defined]
         raise _read_error(service, exc) from exc
-    return ImageDataResponse(first, body, status, headers, service.trimmer)
-
+    opened = Download(record, size, wanted.length, crange, first, translated(image_id, wanted.start + len(first), body))
+    return ImageDataResponse(opened, status, download_headers(opened), service.trimmer)
 
 routes: list[BaseRoute] = [Route("/v2/images/{image_id}/file", download, methods=["GET", "HEAD"])]

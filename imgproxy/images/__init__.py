@@ -1,0 +1,51 @@
+"""The image service: every workflow behind the API, one area per module.
+
+A route parses, authorizes through these methods, calls one of them and renders.
+Workflows touch the registry, the cache and the stores; the routes never do. Methods
+raise :class:`imgproxy.errors.ApiError` subclasses before a response begins, and
+:class:`ImageDataError` while image bytes stream.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .cache_admin import CLEAR_TARGETS, CacheAdmin
+from .deletes import Deletes
+from .downloads import Download, Downloads
+from .errors import ImageDataError
+from .locations import ImageLocations
+from .members import ImageMembers
+from .records import BodyReader, ImageRecords
+from .uploads import Uploads
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = [
+    "BodyReader",
+    "CLEAR_TARGETS",
+    "CacheAdmin",
+    "Deletes",
+    "Download",
+    "Downloads",
+    "ImageDataError",
+    "ImageLocations",
+    "ImageMembers",
+    "ImageRecords",
+    "Images",
+    "Uploads",
+]
+
+
+class Images:
+    """The image service of one process: its workflow areas, sharing the service's resources."""
+
+    def __init__(self, service: "Service") -> None:
+        self.records = ImageRecords(service)
+        self.deletes = Deletes(service)
+        self.members = ImageMembers(service)
+        self.uploads = Uploads(service)
+        self.downloads = Downloads(service)
+        self.locations = ImageLocations(service)
+        self.cache = CacheAdmin(service)

@@ -1,0 +1,115 @@
+"""Download: ``GET``/``HEAD /v2/images/{image_id}/file``'s workflow.
+
+Reads go through the cache, whole or one ``Range``: cached chunks from disk, missing
+ones from a fill shared by every reader. The first piece is read before the response
+begins, so a missing object or a dead store is an HTTP error; a failure after that is
+an :class:`ImageDataError`, on which the response is cut (the body is shorter than its
+Content-Length, so the client sees an error, never a clean short response). A whole
+read of an image whose validation data is not yet checked is verified in line
+(:mod:`imgproxy.images.verify`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from backends import BackendError, ByteRange
+from cache import CacheError, UpstreamCorrupt
+
+from .. import policy
+from ..context import RequestContext
+from ..errors import Forbidden
+from ..ranges import content_range, parse_range
+from ..sources import resolve_source
+from .errors import ImageDataError, data_error, store_error
+from .verify import InlineVerifier
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["Download", "Downloads", "translated"]
+
+_NO_DATA_STATUSES = frozenset({"queued", "saving"})
+
+Piece = bytes | memoryview
+
+
+@dataclass
+class Download:
+    """An opened download. ``body`` (None for HEAD) yields the pieces after ``first``;
+    whoever takes it must close it (``aclose``) whatever happens, and cut the response
+    on :class:`ImageDataError`."""
+
+    record: dict[str, Any]
+    size: int  # the whole image's
+    length: int  # bytes this response carries
+    content_range: str | None  # None: the whole image (200), else the 206's Content-Range
+    first: Piece
+    body: AsyncIterator[Piece] | None
+
+
+async def translated(image_id: str, start: int, body: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """``body`` with the cache's errors and I/O errors turned into :class:`ImageDataError`."""
+    offset = start
+    try:
+        async for piece in body:
+            yield piece
+            offset += len(piece)
+    except CacheError as exc:
+        raise ImageDataError(str(exc), image_id=image_id, offset=exc.offset or offset,
+                             corrupt=isinstance(exc, UpstreamCorrupt)) from exc
+    except OSError as exc:
+        raise ImageDataError(f"reading the image data failed: {exc!r}", image_id=image_id, offset=offset) from exc
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+class Downloads:
+    """The download workflow of one process."""
+
+    def __init__(self, service: "Service") -> None:
+        self._s = service
+        self.verifier = InlineVerifier(service)
+
+    async def open(self, ctx: RequestContext, image_id: str, range_header: str | None, *,
+                   head: bool = False) -> Download | None:
+        """Open the image's data for ``ctx``; None when it has none (queued, saving, killed).
+
+        ``range_header`` is the request's ``Range`` (None for the whole image; pass None
+        when an ``If-Range`` cannot match). Raises NotFound, Forbidden (deactivated, for
+        non-admins; readers, who may not download), RangeNotSatisfiable, a store error, or the error of the first piece.
+        """
+        service = self._s
+        record = service.registry.get_visible(ctx, image_id)
+        policy.check_download(ctx)
+        if record.get("status") == "deactivated" and not ctx.is_admin:
+            raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+        if record.get("status") in _NO_DATA_STATUSES:
+            return None
+        try:
+            source = await resolve_source(service, record)
+        except BackendError as exc:
+            raise store_error(exc, "read the image data") from exc
+        if source is None:
+            return None
+        size = source.manifest.size
+        byte_range = parse_range(range_header, size)
+        wanted = byte_range or ByteRange(0, size)
+        crange = None if byte_range is None else content_range(byte_range, size)
+        if head:
+            return Download(record, size, wanted.length, crange, b"", None)
+        raw = service.cache.read(image_id, source.manifest, wanted, source.backend, source.location)
+        body = translated(image_id, wanted.start, raw)
+        if wanted.length == size:
+            body = self.verifier.wrap(record, source.location, size, body)
+        try:
+            first = await body.__anext__() if wanted.length else b""
+        except StopAsyncIteration:
+            await body.aclose()  # type: ignore[attr-defined]
+            raise data_error(ImageDataError("the cache returned no data", image_id=image_id, offset=0)) from None
+        except ImageDataError as exc:
+            await body.aclose()  # type: ignore[attr-defined]
+            raise data_error(exc) from exc
+        return Download(record, size, wanted.length, crange, first, body)

@@ -1,0 +1,218 @@
+"""Upload: ``PUT /v2/images/{image_id}/file``'s workflow.
+
+The body streams once, never held whole in memory: counted against
+``image_size_cap``, cut into chunks that go into the cache (which hashes md5
+``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass)
+while the same pieces go to the writable store. The image turns ``active`` only after
+the store committed the bytes, in the transaction that records its manifest; any
+failure (cap exceeded, client gone, store error, the finishing transaction itself)
+aborts both and puts the image back to ``queued``, leaving nothing referenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from anyio import CancelScope
+
+from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
+from cache import OS_HASH_ALGO, Ingest, Manifest
+
+from ..context import RequestContext
+from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
+from .errors import store_error
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["Uploads"]
+
+log = logging.getLogger("imgproxy.data")
+
+# Upload pieces are a multiple of the cache's chunk size near this: the cache then hashes
+# and writes them without copying, and the store gets few large writes (a thread hop each).
+UPLOAD_PIECE = 4 * PIECE_SIZE
+
+
+def _piece_size(chunk_size: int) -> int:
+    if chunk_size > 4 * UPLOAD_PIECE:
+        return UPLOAD_PIECE  # huge chunks: the cache copies pieces into its chunk buffer
+    return chunk_size * max(1, UPLOAD_PIECE // chunk_size)
+
+
+def _too_large(message: str) -> PayloadTooLarge:
+    # The rest of the body is not read: the connection cannot carry another request.
+    return PayloadTooLarge(message, headers={"Connection": "close"})
+
+
+async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int) -> int:
+    """Stream ``body`` into ``writer`` and ``ingest`` in pieces of ``_piece_size``; return its size.
+
+    Each byte is copied once in Python (joining the received parts into a piece). One
+    store write runs while the next piece is received; the cache hashes and writes in
+    its own threads. Raises PayloadTooLarge past ``cap``, whatever ``body`` raises (the
+    client went away), BackendError from the store.
+    """
+    piece_size = _piece_size(ingest.chunk_size)
+    size = held = 0
+    parts: list[memoryview] = []
+    writing: asyncio.Future[None] | None = None
+
+    async def flush() -> None:
+        nonlocal writing, held
+        piece = b"".join(parts)
+        parts.clear()
+        held = 0
+        if writing is not None:
+            await writing  # the writer takes one write at a time
+        writing = asyncio.ensure_future(writer.write(piece))
+        await ingest.feed(piece)
+
+    try:
+        async for part in body:
+            size += len(part)
+            if size > cap:
+                raise _too_large(f"Image exceeds the storage quota: the limit is {cap} bytes.")
+            view = memoryview(part)
+            while held + len(view) >= piece_size:
+                take = piece_size - held
+                parts.append(view[:take])
+                view = view[take:]
+                await flush()
+            if view:
+                parts.append(view)
+                held += len(view)
+        if parts:
+            await flush()
+        if writing is not None:
+            pending, writing = writing, None
+            await pending
+    finally:
+        if writing is not None:
+            # Failing already: let the store write end (its error is secondary) before the
+            # caller aborts the writer, which is not safe for concurrent use.
+            with CancelScope(shield=True):
+                try:
+                    await writing
+                except BaseException:
+                    pass
+    return size
+
+
+# Seconds a client refused for too many uploads is told to wait.
+RETRY_AFTER = 5
+
+
+class Uploads:
+    """The upload workflow of one process. Lives on the event loop (not thread-safe).
+
+    At most ``max_uploads`` uploads run at once (each holds store and cache writers,
+    threads and a few chunks of memory); more are refused before anything changes.
+    """
+
+    def __init__(self, service: "Service") -> None:
+        self._s = service
+        self.active = 0
+
+    async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
+                     declared: int | None) -> None:
+        """Store ``body`` as the data of a queued image and make it active.
+
+        ``declared`` is the Content-Length (None when chunked). Raises NotFound, Forbidden,
+        MethodNotAllowed (read-only store), PayloadTooLarge, ServiceUnavailable (too many
+        uploads running; the image stays queued), Conflict (not queued),
+        BadRequest (short body), Gone (deleted meanwhile), a store error; and whatever
+        ``body`` raises when the client goes away. On any failure the image is queued again
+        and nothing of the body is kept.
+        """
+        service = self._s
+        record = service.registry.get_visible(ctx, image_id)
+        service.registry.check_modify(ctx, record)
+        store = service.backends.writable
+        if store is None:
+            raise MethodNotAllowed(
+                "The configured image store is read-only; image data cannot be uploaded here.",
+                headers={"Allow": "GET, HEAD"},
+            )
+        cap = service.settings.image_size_cap
+        if declared is not None and declared > cap:
+            raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
+        limit = service.settings.max_uploads
+        if self.active >= limit:
+            raise ServiceUnavailable(
+                f"This server is receiving {limit} uploads already; retry in a few seconds.",
+                headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+            )
+        self.active += 1
+        try:
+            await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
+            await self._store_body(body, store, image_id, cap, declared)
+        finally:
+            self.active -= 1
+
+    async def _fail(self, image_id: str) -> None:
+        await self._s.writer.run(self._s.registry.fail_upload, image_id)
+
+    async def _store_body(self, body: AsyncIterator[bytes], store: WriteBackend, image_id: str, cap: int,
+                          declared: int | None) -> None:
+        """Write the body, commit, activate."""
+        service = self._s
+        try:
+            writer = await store.open_writer(image_id)
+        except BackendError as exc:
+            await self._fail(image_id)
+            raise store_error(exc, "store the image data") from exc
+        ingest = service.cache.open_ingest(image_id)
+        try:
+            size = await _receive_into(body, writer, ingest, cap)
+            if declared is not None and size != declared:
+                raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+            manifest = await ingest.finish()
+            location = await writer.commit()
+        except BaseException as exc:
+            # Whatever ended the upload (client gone, cap, store, cancellation), nothing stays.
+            with CancelScope(shield=True):
+                await ingest.abort()
+                await writer.abort()
+                await self._fail(image_id)
+            if isinstance(exc, BackendError):
+                raise store_error(exc, "store the image data") from exc
+            raise
+        await self._activate(store, image_id, size, manifest, location)
+
+    async def _activate(self, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
+                        location: str) -> None:
+        service = self._s
+        assert manifest.checksum is not None and manifest.os_hash_value is not None
+        try:
+            active = await service.writer.run(lambda: service.registry.finish_upload(
+                image_id,
+                size=size,
+                checksum=manifest.checksum,  # type: ignore[arg-type]
+                os_hash_algo=OS_HASH_ALGO,
+                os_hash_value=manifest.os_hash_value,  # type: ignore[arg-type]
+                location=location,
+                also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
+            ))
+        except BaseException:
+            # The finishing transaction failed (disk, map full, ...): its bytes go, and the
+            # image is queued again for another upload, not left saving with a live owner.
+            with CancelScope(shield=True):
+                await self._fail(image_id)
+                await self._delete_quietly(store, location)
+            raise
+        if active is None:
+            # Deleted (or otherwise moved on) while we were receiving: its bytes must go too.
+            await self._delete_quietly(store, location)
+            raise Gone(f"Image {image_id} could not be found after upload; it may have been deleted during the upload.")
+
+    @staticmethod
+    async def _delete_quietly(store: WriteBackend, location: str) -> None:
+        try:
+            await store.delete(location)
+        except BackendError:
+            # The cleaner finds objects no image points to; the request's answer stands.
+            log.warning("could not delete orphaned image data at %s", location, exc_info=True)
