@@ -11,7 +11,7 @@ from typing import Any
 
 import lmdb
 
-from backends import Backends
+from backends import BackendError, Backends
 from cache import ImageCache
 from cache.txn import DbWriter
 
@@ -112,7 +112,19 @@ def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | Non
 
 
 async def _requeue_orphaned_uploads(service: Service) -> None:
-    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads):
+    """Images left ``saving`` by a dead upload go back to ``queued``. Whatever that upload
+    committed to the store goes first: while the image is still ``saving`` no new upload
+    can write the same object, so only the dead upload's data is deleted."""
+    orphans = await service.readers.run(service.registry.orphaned_uploads)
+    store = service.backends.writable
+    for image_id in orphans if store is not None else ():
+        try:
+            await store.delete(store.location_for(image_id))
+        except BackendError as exc:
+            log.warning("could not delete what the dead upload of image %s stored (%s); it stays saving "
+                        "until the next cleaner pass", image_id, exc)
+            orphans.remove(image_id)
+    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads, orphans):
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
@@ -122,10 +134,22 @@ async def _reap(service: Service) -> None:
         log.info("removed the data of %d deleted images", reaped)
 
 
+async def _sweep_store_temp(service: Service) -> None:
+    """Remove the store's temp files older than ``stale_temp_age`` (uploads a crash cut; a
+    live upload keeps writing, so its file stays younger)."""
+    sweep = getattr(service.backends.default, "sweep_temp", None)
+    if sweep is not None:
+        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
+        if removed:
+            log.info("removed %d stale temp files from the store", removed)
+
+
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the store's and the
+    cache's leftovers."""
     await _requeue_orphaned_uploads(service)
     await _reap(service)
+    await _sweep_store_temp(service)
     await service.cache.clean()
 
 
@@ -134,12 +158,7 @@ async def _recover(service: Service) -> None:
     interrupted are finished; leftovers in the store and the cache go."""
     await _requeue_orphaned_uploads(service)
     await _reap(service)
-    store = service.backends.default
-    sweep = getattr(store, "sweep_temp", None)
-    if sweep is not None:
-        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
-        if removed:
-            log.info("removed %d stale temp files from the store", removed)
+    await _sweep_store_temp(service)
     result = await service.cache.clean()
     log.info("cache recovery: %s", result)
 
