@@ -201,7 +201,7 @@ class _Workload:
 def _kill_tree(system: ImgproxySystem) -> None:
     """SIGKILL every process of the service at once, as a power cut would."""
     assert system.proc is not None
-    pids = [system.proc.pid, *tree_pids(system.proc.pid)]
+    pids = tree_pids(system.proc.pid)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
