@@ -7,12 +7,14 @@ import inspect
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from backends import BackendError, Backends
 from cache import ImageCache
+from cache.fill import try_lock, unlock
 from cache.txn import DbWriter
 
 from .auth import Authenticator, NoAuth
@@ -46,6 +48,7 @@ class Service:
     writer: DbWriter
     readers: ReaderPool = field(default_factory=ReaderPool)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loops_fd: int | None = None  # the loops lock, while this process runs the loops
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
     images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
@@ -80,6 +83,9 @@ class Service:
         self.readers.close()
         self.writer.close()
         self.env.close()
+        if self.loops_fd is not None:
+            unlock(self.settings.data_dir / LOOPS_LOCK, self.loops_fd)
+            self.loops_fd = None
 
 
 def open_authenticator(settings: Settings) -> Authenticator:
@@ -170,6 +176,36 @@ async def _check_stores(service: Service) -> None:
                     name, problem)
 
 
+# With several workers one process runs start-up recovery and the background loops: the one
+# holding this lock (the others wait to take over if it dies).
+LOOPS_LOCK = "loops.lock"
+
+
+async def _lead(service: Service, fd: int) -> None:
+    """This process holds the loops lock: recover, then run the loops until shutdown."""
+    from .sources import prefetch_queued
+
+    service.loops_fd = fd
+    settings = service.settings
+    await _recover(service)
+    service.tasks += start_loops(
+        {
+            "prune": (settings.prune_interval, service.cache.prune),
+            "clean": (settings.clean_interval, lambda: _clean(service)),
+            "audit": (settings.clean_interval, service.cache.audit),
+            "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
+        }
+    )
+
+
+async def _stand_by(service: Service, lock: Path) -> None:
+    """Another worker runs the loops; take them over if it goes (its lock is freed with it)."""
+    while (fd := try_lock(lock)) is None:
+        await asyncio.sleep(1.0)
+    log.info("this worker now runs start-up recovery and the background loops")
+    await _lead(service, fd)
+
+
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = open_env(settings.data_dir, settings.lmdb_map_size)
@@ -181,17 +217,12 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
                       writer=writer)
     if loops:
-        await _recover(service)
-        from .sources import prefetch_queued
-
-        service.tasks = start_loops(
-            {
-                "prune": (settings.prune_interval, service.cache.prune),
-                "clean": (settings.clean_interval, lambda: _clean(service)),
-                "audit": (settings.clean_interval, service.cache.audit),
-                "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
-            }
-        )
+        lock = settings.data_dir / LOOPS_LOCK
+        fd = try_lock(lock)
+        if fd is not None:
+            await _lead(service, fd)
+        else:
+            service.tasks.append(asyncio.create_task(_stand_by(service, lock), name="imgproxy-stand-by"))
         service.tasks.append(asyncio.create_task(_check_stores(service)))
         service.locations.resume()
     return service
