@@ -10,6 +10,7 @@ import lmdb
 
 from backends import Backends
 from cache import ImageCache
+from cache.txn import DbWriter
 
 from .auth import Authenticator, NoAuth
 from .db import open_env
@@ -60,7 +61,8 @@ def open_authenticator(settings: Settings) -> Authenticator:
     return TokensAuth(settings.data_dir / "tokens.json")
 
 
-def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
+def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | None = None) -> ImageCache:
+    """The cache, with ``writer`` (the process's LMDB writer thread) if given; its own if not."""
     return ImageCache(
         settings.data_dir / "cache",
         env,
@@ -73,6 +75,9 @@ def open_cache(settings: Settings, env: lmdb.Environment) -> ImageCache:
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
         readahead_chunks=settings.readahead_chunks,
+        max_fills=settings.max_fills,
+        fill_memory=settings.fill_memory,
+        writer=writer,
     )
 
 
