@@ -50,7 +50,7 @@ __all__ = ["ChunkStore", "WriteOutcome", "address_of"]
 
 # Verification reads a chunk in pieces this big: small enough to stay in the CPU's
 # cache between the copy out of the page cache and the hash.
-VERIFY_PIECE = 256 * 1024
+VERIFY_PIECE = 1024 * 1024
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
 
 

@@ -29,6 +29,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
@@ -205,45 +206,50 @@ class Reader:
             return
         self.pending.hit(image_id, count_hit)
         cs = manifest.chunk_size
-        first, last = byte_range.start // cs, (byte_range.end - 1) // cs
-        ahead: dict[int, Fill] = {}  # read-ahead fills this reader holds claims on
+        walk = _Walk(image_id, manifest, source, location, (byte_range.end - 1) // cs)
         try:
-            for index in range(first, last + 1):
+            for index in range(byte_range.start // cs, walk.last + 1):
                 span = manifest.chunk_range(index)
                 lo = max(byte_range.start, span.start) - span.start
                 hi = min(byte_range.end, span.end) - span.start
-                async for piece in self._chunk(image_id, manifest, index, lo, hi, source, location, ahead,
-                                               last):
+                async for piece in self._chunk(walk, index, lo, hi):
                     yield piece
         finally:
-            _drop(ahead)
+            walk.close()
 
-    def _ahead(self, image_id: str, manifest: Manifest, index: int, last: int, source: ReadBackend,
-               location: str, ahead: dict[int, Fill]) -> None:
+    def _ahead(self, walk: _Walk, index: int) -> None:
         """Start (or join) the fills of the chunks after ``index``, while grants are free."""
-        for later in range(index + 1, min(last, index + self.readahead) + 1):
-            if later in ahead or self._cached(image_id, manifest, later):
+        for later in range(index + 1, min(walk.last, index + self.readahead) + 1):
+            if later in walk.ahead or self._cached(walk.image_id, walk.manifest, later):
                 continue
-            fill = self._read_ahead(self._spec(image_id, manifest, later, source, location))
+            fill = self._read_ahead(self._spec(walk.image_id, walk.manifest, later, walk.source, walk.location))
             if fill is None:
                 return
-            ahead[later] = fill
+            walk.ahead[later] = fill
 
-    async def _chunk(self, image_id: str, manifest: Manifest, index: int, lo: int, hi: int, source: ReadBackend,
-                     location: str, ahead: dict[int, Fill], last: int) -> AsyncIterator[bytes | memoryview]:
+    def _verify_next(self, walk: _Walk, index: int) -> None:
+        """Verify the next chunk on the verify pool while this one is sent, so a stream of
+        cached chunks never waits for a thread hop between them."""
+        later = index + 1
+        if later <= walk.last and later not in walk.opening and self._cached(walk.image_id, walk.manifest, later):
+            walk.opening[later] = asyncio.ensure_future(self._open_cached(walk.image_id, walk.manifest, later))
+
+    async def _chunk(self, walk: _Walk, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
         """Bytes ``lo``..``hi`` of chunk ``index``: from the cache, else from a fill."""
-        span = manifest.chunk_range(index)
-        fill = ahead.pop(index, None)
+        span = walk.manifest.chunk_range(index)
+        fill = walk.ahead.pop(index, None)
         if fill is not None:
             fill.demand()
         pos = lo
         try:
             while pos < hi:
                 if fill is None:
-                    opened = await self._open_cached(image_id, manifest, index)
+                    opening = walk.opening.pop(index, None)
+                    opened = await (opening or self._open_cached(walk.image_id, walk.manifest, index))
                     if opened is not None:
                         fd, address = opened
-                        self._ahead(image_id, manifest, index, last, source, location, ahead)
+                        self._ahead(walk, index)
+                        self._verify_next(walk, index)
                         self.pending.touch(address)
                         self.pending.count("hits")
                         self.pending.count("bytes_served", hi - pos)
@@ -252,7 +258,7 @@ class Reader:
                                 stop = min(hi, start + PIECE_SIZE)
                                 piece = os.pread(fd, stop - start, start)
                                 if len(piece) != stop - start:
-                                    raise CacheError("cached chunk ended early", image_id=image_id,
+                                    raise CacheError("cached chunk ended early", image_id=walk.image_id,
                                                      offset=span.start + start)
                                 yield piece
                         finally:
@@ -261,8 +267,9 @@ class Reader:
                         # other requests a turn once per chunk, or one stream holds the loop.
                         await asyncio.sleep(0)
                         return
-                    fill = await self._demand(self._spec(image_id, manifest, index, source, location), ahead)
-                self._ahead(image_id, manifest, index, last, source, location, ahead)
+                    fill = await self._demand(
+                        self._spec(walk.image_id, walk.manifest, index, walk.source, walk.location), walk.ahead)
+                self._ahead(walk, index)
                 async for view in fill.stream(pos, hi):  # views of the fill's buffer, not copies
                     self.pending.count("bytes_served", len(view))
                     pos += len(view)
@@ -273,6 +280,34 @@ class Reader:
         finally:
             if fill is not None:
                 fill.unclaim()
+
+
+@dataclass
+class _Walk:
+    """One read's state: the fills it holds as read-ahead, the chunks it is verifying ahead."""
+
+    image_id: str
+    manifest: Manifest
+    source: ReadBackend
+    location: str
+    last: int  # index of the last chunk of the range
+    ahead: dict[int, Fill] = field(default_factory=dict)
+    opening: dict[int, asyncio.Future[tuple[int, bytes] | None]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Let go of read-ahead claims and of verified chunks the read did not get to."""
+        _drop(self.ahead)
+        opening, self.opening = list(self.opening.values()), {}
+        for future in opening:
+            future.cancel()
+            future.add_done_callback(_close_opened)
+
+
+def _close_opened(future: asyncio.Future[tuple[int, bytes] | None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        opened = future.result()
+        if opened is not None:
+            os.close(opened[0])
 
 
 def _drop(ahead: dict[int, Fill]) -> None:
