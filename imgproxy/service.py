@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -97,10 +96,7 @@ def open_authenticator(settings: Settings) -> Authenticator:
 
 
 def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | None = None) -> ImageCache:
-    options: dict[str, Any] = {}
-    # The cache shares the process's writer once its constructor takes one.
-    if writer is not None and "writer" in inspect.signature(ImageCache).parameters:
-        options["writer"] = writer
+    """The cache, with ``writer`` (the process's LMDB writer thread) if given; its own if not."""
     return ImageCache(
         settings.data_dir / "cache",
         env,
@@ -113,7 +109,9 @@ def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | Non
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
         readahead_chunks=settings.readahead_chunks,
-        **options,
+        max_fills=settings.max_fills,
+        fill_memory=settings.fill_memory,
+        writer=writer,
     )
 
 
