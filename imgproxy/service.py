@@ -10,12 +10,14 @@ import lmdb
 
 from backends import Backends
 from cache import ImageCache
+from cache.txn import DbWriter
 
 from .auth import Authenticator, NoAuth
 from .db import open_env
 from .locations import LocationPasses
 from .loops import start_loops
 from .memory import IdleTrimmer
+from .metadefs import Metadefs
 from .registry import Registry
 from .settings import Settings
 
@@ -34,12 +36,15 @@ class Service:
     backends: Backends
     auth: Authenticator
     cache: ImageCache
+    writer: DbWriter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
+    metadefs: Metadefs = field(init=False)  # the metadata definitions catalog
 
     def __post_init__(self) -> None:
         self.locations = LocationPasses(self)
+        self.metadefs = Metadefs(self.env, self.writer)
 
     async def aclose(self) -> None:
         await self.locations.aclose()
@@ -49,6 +54,7 @@ class Service:
         await self.cache.aclose()
         await self.backends.aclose()
         self.auth.close()
+        self.writer.close()
         self.env.close()
 
 
@@ -104,11 +110,13 @@ async def _recover(service: Service) -> None:
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = open_env(settings.data_dir, settings.lmdb_map_size)
+    writer = DbWriter()
     registry = Registry(env)
     backends = Backends(settings.store_url, settings.extra)
     auth = open_authenticator(settings)
     cache = open_cache(settings, env)
-    service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache)
+    service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
+                      writer=writer)
     if loops:
         await _recover(service)
         from .sources import prefetch_queued
