@@ -9,7 +9,8 @@ cheap enough for the loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import lmdb
 
@@ -22,30 +23,38 @@ from .query import ListQuery
 from .store import MetadefStore
 from .views import NamespaceDetail, NamespacePage
 
-__all__ = ["Metadefs"]
+__all__ = ["Metadefs", "OffLoop"]
 
 Record = dict[str, Any]
+T = TypeVar("T")
+
+
+class OffLoop(Protocol):
+    """Runs a blocking read on a worker thread (``asyncio.to_thread``, or the service's reader pool)."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 class Metadefs:
     """Namespaces and what they hold, for one worker process (see the module docstring)."""
 
-    def __init__(self, env: lmdb.Environment, writer: DbWriter) -> None:
+    def __init__(self, env: lmdb.Environment, writer: DbWriter, read: OffLoop = asyncio.to_thread) -> None:
         self.store = MetadefStore(env)
         self.namespaces = Namespaces(self.store)
         self.items = Items(self.store)
         self._writer = writer
+        self._read = read
 
     # ---- namespaces --------------------------------------------------------------------
 
     async def list_namespaces(self, ctx: RequestContext, query: ListQuery) -> NamespacePage:
-        return await asyncio.to_thread(self.namespaces.list, ctx, query)
+        return await self._read(self.namespaces.list, ctx, query)
 
     async def create_namespace(self, ctx: RequestContext, body: Any) -> NamespaceDetail:
         return await self._writer.run(self.namespaces.create, ctx, body)
 
     async def show_namespace(self, ctx: RequestContext, name: str, resource_type: str | None = None) -> NamespaceDetail:
-        return await asyncio.to_thread(self.namespaces.show, ctx, name, resource_type)
+        return await self._read(self.namespaces.show, ctx, name, resource_type)
 
     async def update_namespace(self, ctx: RequestContext, name: str, body: Any) -> Record:
         return await self._writer.run(self.namespaces.update, ctx, name, body)
@@ -60,7 +69,7 @@ class Metadefs:
     # ---- objects -----------------------------------------------------------------------
 
     async def list_objects(self, ctx: RequestContext, ns: str, query: ListQuery) -> list[Record]:
-        return await asyncio.to_thread(self.items.list_objects, ctx, ns, query)
+        return await self._read(self.items.list_objects, ctx, ns, query)
 
     def show_object(self, ctx: RequestContext, ns: str, name: str) -> Record:
         return self.items.show_object(ctx, ns, name)
@@ -77,7 +86,7 @@ class Metadefs:
     # ---- properties --------------------------------------------------------------------
 
     async def list_properties(self, ctx: RequestContext, ns: str) -> list[Record]:
-        return await asyncio.to_thread(self.items.list_properties, ctx, ns)
+        return await self._read(self.items.list_properties, ctx, ns)
 
     def show_property(self, ctx: RequestContext, ns: str, name: str, resource_type: str | None) -> Record:
         return self.items.show_property(ctx, ns, name, resource_type)
@@ -94,7 +103,7 @@ class Metadefs:
     # ---- tags --------------------------------------------------------------------------
 
     async def list_tags(self, ctx: RequestContext, ns: str, query: ListQuery) -> list[Record]:
-        return await asyncio.to_thread(self.items.list_tags, ctx, ns, query)
+        return await self._read(self.items.list_tags, ctx, ns, query)
 
     def show_tag(self, ctx: RequestContext, ns: str, name: str) -> Record:
         return self.items.show_tag(ctx, ns, name)
@@ -114,10 +123,10 @@ class Metadefs:
     # ---- resource types ----------------------------------------------------------------
 
     async def list_resource_types(self, ctx: RequestContext) -> list[Record]:
-        return await asyncio.to_thread(self.items.list_resource_types, ctx)
+        return await self._read(self.items.list_resource_types, ctx)
 
     async def list_associations(self, ctx: RequestContext, ns: str) -> list[Record]:
-        return await asyncio.to_thread(self.items.list_associations, ctx, ns)
+        return await self._read(self.items.list_associations, ctx, ns)
 
     async def create_association(self, ctx: RequestContext, ns: str, body: Any) -> Record:
         return await self._writer.run(self.items.create_association, ctx, ns, body)
