@@ -57,6 +57,4 @@ routes: list[BaseRoute] = [
     _schema_route("/v2/schemas/images", schemas.images_schema),
     _schema_route("/v2/schemas/member", schemas.member_schema),
     _schema_route("/v2/schemas/members", schemas.members_schema),
-    _schema_route("/v2/schemas/metadefs/namespace", schemas.namespace_schema),
-    _schema_route("/v2/schemas/metadefs/resource_type", schemas.resource_type_schema),
 ]
