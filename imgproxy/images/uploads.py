@@ -1,9 +1,11 @@
 """Upload: ``PUT /v2/images/{image_id}/file``'s workflow.
 
 The body streams once, never held whole in memory: counted against
-``image_size_cap``, cut into chunks that go into the cache (which hashes md5
-``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass)
-while the same pieces go to the writable store. The image turns ``active`` only after
+``image_size_cap``, inspected as it passes (:mod:`imgproxy.formats`: data that contradicts
+the declared ``disk_format`` or is unsafe is refused with 415 as soon as that is certain;
+the verdict gives ``virtual_size``), cut into chunks that go into the cache (which hashes md5
+``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass) while the
+same pieces go to the writable store. The image turns ``active`` only after
 the store committed the bytes, in the transaction that records its manifest; any
 failure (cap exceeded, client gone, store error, the finishing transaction itself)
 aborts both and puts the image back to ``queued``, leaving nothing referenced.
@@ -22,7 +24,8 @@ from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
-from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
+from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from ..formats import FormatInspector, FormatRefused, open_inspector
 from .errors import store_error
 
 if TYPE_CHECKING:
@@ -48,7 +51,15 @@ def _too_large(message: str) -> PayloadTooLarge:
     return PayloadTooLarge(message, headers={"Connection": "close"})
 
 
-async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int) -> int:
+def _refused(exc: FormatRefused, declared: str | None) -> UnsupportedMediaType:
+    # Glance 33 answers 415 both for data that contradicts disk_format and for unsafe images.
+    # The rest of the body is not read: the connection cannot carry another request.
+    return UnsupportedMediaType(f"Image data refused (declared disk_format {declared}, detected "
+                                f"{exc.detected or 'unknown'}): {exc.reason}", headers={"Connection": "close"})
+
+
+async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int,
+                        inspector: FormatInspector | None = None) -> int:
     """Stream ``body`` into ``writer`` and ``ingest`` in pieces of ``_piece_size``; return its size.
 
     Each byte is copied once in Python (joining the received parts into a piece). One
@@ -76,6 +87,8 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
             size += len(part)
             if size > cap:
                 raise _too_large(f"Image exceeds the storage quota: the limit is {cap} bytes.")
+            if inspector is not None:
+                inspector.feed(part)  # raises FormatRefused once the data is certainly refused
             view = memoryview(part)
             while held + len(view) >= piece_size:
                 take = piece_size - held
@@ -137,6 +150,9 @@ class Uploads:
                 "The configured image store is read-only; image data cannot be uploaded here.",
                 headers={"Allow": "GET, HEAD"},
             )
+        if record.get("disk_format") is None or record.get("container_format") is None:
+            raise BadRequest("Properties disk_format and container_format must be set prior to uploading "
+                             "image data.")
         cap = service.settings.image_size_cap
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
@@ -149,7 +165,9 @@ class Uploads:
         self.active += 1
         try:
             await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
-            await self._store_body(body, store, image_id, cap, declared)
+            # Glance inspects bare data only: a container's own format is not the disk's.
+            inspector = open_inspector(record["disk_format"]) if record["container_format"] == "bare" else None
+            await self._store_body(body, store, image_id, cap, declared, inspector, record["disk_format"])
         finally:
             self.active -= 1
 
@@ -157,7 +175,7 @@ class Uploads:
         await self._s.writer.run(self._s.registry.fail_upload, image_id)
 
     async def _store_body(self, body: AsyncIterator[bytes], store: WriteBackend, image_id: str, cap: int,
-                          declared: int | None) -> None:
+                          declared: int | None, inspector: FormatInspector | None, disk_format: str) -> None:
         """Write the body, commit, activate."""
         service = self._s
         try:
@@ -167,9 +185,15 @@ class Uploads:
             raise store_error(exc, "store the image data") from exc
         ingest = service.cache.open_ingest(image_id)
         try:
-            size = await _receive_into(body, writer, ingest, cap)
+            size = await _receive_into(body, writer, ingest, cap, inspector)
             if declared is not None and size != declared:
                 raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+            virtual_size = None
+            if inspector is not None:
+                verdict = inspector.finish(size)
+                if verdict.refusal is not None:
+                    raise verdict.refusal
+                virtual_size = verdict.virtual_size
             manifest = await ingest.finish()
             location = await writer.commit()
         except BaseException as exc:
@@ -180,11 +204,13 @@ class Uploads:
                 await self._fail(image_id)
             if isinstance(exc, BackendError):
                 raise store_error(exc, "store the image data") from exc
+            if isinstance(exc, FormatRefused):
+                raise _refused(exc, disk_format) from exc
             raise
-        await self._activate(store, image_id, size, manifest, location)
+        await self._activate(store, image_id, size, manifest, location, virtual_size)
 
     async def _activate(self, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
-                        location: str) -> None:
+                        location: str, virtual_size: int | None) -> None:
         service = self._s
         assert manifest.checksum is not None and manifest.os_hash_value is not None
         try:
@@ -195,6 +221,7 @@ class Uploads:
                 os_hash_algo=OS_HASH_ALGO,
                 os_hash_value=manifest.os_hash_value,  # type: ignore[arg-type]
                 location=location,
+                virtual_size=virtual_size,
                 also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
             ))
         except BaseException:
