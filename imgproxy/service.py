@@ -123,9 +123,8 @@ async def _reap(service: Service) -> None:
 
 
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, then the cache's leftovers."""
     await _requeue_orphaned_uploads(service)
-    await _reap(service)
     await service.cache.clean()
 
 
@@ -134,12 +133,9 @@ async def _recover(service: Service) -> None:
     interrupted are finished; leftovers in the store and the cache go."""
     await _requeue_orphaned_uploads(service)
     await _reap(service)
-    store = service.backends.default
-    sweep = getattr(store, "sweep_temp", None)
-    if sweep is not None:
-        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
-        if removed:
-            log.info("removed %d stale temp files from the store", removed)
+    removed = await service.backends.sweep_temp(service.settings.stale_temp_age)
+    if removed:
+        log.info("removed %d stale temp files from the stores", removed)
     result = await service.cache.clean()
     log.info("cache recovery: %s", result)
 
@@ -156,7 +152,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     env = open_env(settings.data_dir, settings.lmdb_map_size)
     writer = DbWriter()
     registry = Registry(env)
-    backends = Backends(settings.store_url, settings.extra)
+    backends = Backends(list(settings.stores.values()), settings.default_store, settings.extra)
     auth = open_authenticator(settings)
     cache = open_cache(settings, env, writer)
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
@@ -169,6 +165,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
             {
                 "prune": (settings.prune_interval, service.cache.prune),
                 "clean": (settings.clean_interval, lambda: _clean(service)),
+                "reap": (settings.reap_interval, lambda: _reap(service)),
                 "audit": (settings.clean_interval, service.cache.audit),
                 "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
             }
