@@ -8,8 +8,12 @@ __all__ = ["image_view", "member_view"]
 
 
 def image_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The image JSON of Glance's API: every public field (nulls included) plus links."""
+    """The image JSON of Glance's API: every public field (nulls included), the ``stores``
+    that hold its data (when any do), plus links."""
     view = {k: v for k, v in record.items() if not k.startswith("_")}
+    stores = [str(s) for loc in record.get("_locations") or [] if (s := (loc.get("metadata") or {}).get("store"))]
+    if stores:
+        view["stores"] = ",".join(stores)  # Glance: the ids of the stores holding a copy
     image_id = record["id"]
     view["self"] = f"/v2/images/{image_id}"
     view["file"] = f"/v2/images/{image_id}/file"

@@ -17,6 +17,7 @@ from .errors import ImageDataError
 from .locations import ImageLocations
 from .members import ImageMembers
 from .records import BodyReader, ImageRecords
+from .stores import ImageStores
 from .uploads import Uploads
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "ImageLocations",
     "ImageMembers",
     "ImageRecords",
+    "ImageStores",
     "Images",
     "Uploads",
 ]
@@ -49,3 +51,4 @@ class Images:
         self.downloads = Downloads(service)
         self.locations = ImageLocations(service)
         self.cache = CacheAdmin(service)
+        self.stores = ImageStores(service)
