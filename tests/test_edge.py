@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_image_api import FakeImageApi, fake_image_api  # noqa: F401 - fixture
 from tests.cache_http import wait_for
+from tests.fake_image_api import FakeImageApi, fake_image_api  # noqa: F401 - fixture
 from tests.server import ServerProcess, free_port
 from tests.test_herd import Outcome, download
 
