@@ -78,14 +78,16 @@ def parse_wrk(out: str) -> WrkRun:
 
 
 def run_wrk(base_url: str, paths: list[str], *, connections: int, seconds: float, work: Path,
-            headers: dict[str, str] | None = None, threads: int = 2) -> WrkRun:
-    """GET random ``paths`` of ``base_url`` for ``seconds`` over ``connections`` connections."""
+            headers: dict[str, str] | None = None, threads: int = 2, timeout: float = 30.0) -> WrkRun:
+    """GET random ``paths`` of ``base_url`` for ``seconds`` over ``connections`` connections;
+    a request unanswered after ``timeout`` seconds counts as an error (wrk's default, 2 s,
+    would count Glance's slow lists as errors)."""
     work.mkdir(parents=True, exist_ok=True)
     script, listing = work / "random_path.lua", work / "paths.txt"
     script.write_text(_SCRIPT)
     listing.write_text("".join(f"{p}\n" for p in paths))
     args = [wrk_binary(), f"-t{max(1, min(threads, connections))}", f"-c{connections}",
-            f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script)]
+            f"-d{max(1, round(seconds))}s", f"--timeout={timeout:g}s", "--latency", "-s", str(script)]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     done = subprocess.run([*args, base_url, "--", str(listing)], capture_output=True, text=True,

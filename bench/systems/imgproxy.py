@@ -71,7 +71,8 @@ class ImgproxySystem(ImageApiSystem):
         if self.source is not None:
             env["PYTHONPATH"] = str(self.source)
         log = (self.root / "server.log").open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # ``python -m`` puts the working directory first on sys.path: run another checkout from its own.
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.source)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
