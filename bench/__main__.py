@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--size", type=parse_size, default=None, metavar="SIZE",
                      help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
+    run.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                     help="metadata: also run the imgproxy checkout in DIR (e.g. a git worktree of an older commit)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
     sub.add_parser("setup-swift", help="install the pinned Swift all-in-one venv (once, ~30 s)")
     chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
@@ -116,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = dataclasses.replace(profile, cached_size=args.size, warm_image_size=args.size, upload_sizes=(args.size,))
     if args.repeats is not None:
         profile = dataclasses.replace(profile, repeats=max(1, args.repeats))
+    if args.baseline is not None:
+        profile = dataclasses.replace(profile, meta_baseline=str(args.baseline.resolve()))
     results, paths = run_bench(out, quick=args.quick, only=args.only, systems=systems, profile=profile)
     print(paths["md"].read_text())
     print(f"report: {out}", file=sys.stderr)

@@ -70,6 +70,7 @@ def fill(data_dir: Path, n: int) -> tuple[list[str], float]:
     """Insert ``n`` images; return some ids and the fill rate (images/s)."""
     env = open_env(data_dir, 8 << 30)
     registry = Registry(env)
+    registry.upgrade()  # stamps the empty environment: the server finds its layout current
     ids: list[str] = []
     batch: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -43,9 +43,6 @@ class Profile:
     range_image_size: int
     range_count: int
     upload_sizes: tuple[int, ...]
-    meta_creates: int
-    meta_creates_glance: int
-    meta_requests: int
     growth_images: int
     growth_image_size: int
     growth_cache_max: int
@@ -55,7 +52,10 @@ class Profile:
     herd_clients: int = 16
     herd_image_size: int = 64 * MiB
     herd_rate: int = 32 * MiB
-    meta_step_seconds: float = 10.0  # a cap per show/list step: a slow call must not eat the run
+    meta_images: int = 1000  # created in every system of the metadata scenario (Glance makes ~15/s)
+    meta_connections: tuple[int, ...] = (16,)
+    meta_step_seconds: float = 10.0  # how long wrk drives each show/list step
+    meta_baseline: str = ""  # another imgproxy checkout, measured beside this one (baseline-1w/2w)
     stores_image_size: int = 64 * MiB
     edge_nodes: int = 16
     edge_image_size: int = 32 * MiB
@@ -66,15 +66,13 @@ class Profile:
             return cls(
                 quick=True, repeats=1, storm_nodes=(8, 32), storm_images=(1, 5), storm_image_size=16 * MiB,
                 upstream_rate=32 * MiB, warm_image_size=256 * MiB, warm_nodes=(1, 8), range_image_size=64 * MiB,
-                range_count=8, upload_sizes=(64 * MiB, 256 * MiB), meta_creates=1000, meta_creates_glance=200,
-                meta_requests=100, growth_images=48, growth_image_size=4 * MiB, growth_cache_max=128 * MiB,
+                range_count=8, upload_sizes=(64 * MiB, 256 * MiB), growth_images=48, growth_image_size=4 * MiB, growth_cache_max=128 * MiB,
             )
         return cls(
             # Sized so a full run fits in 30 minutes on 2 cores: every node hashes what it reads.
             quick=False, repeats=2, storm_nodes=(8, 32, 64), storm_images=(1, 5), storm_image_size=128 * MiB,
             upstream_rate=64 * MiB, warm_image_size=512 * MiB, warm_nodes=(1, 8, 32), range_image_size=1024 * MiB,
-            range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), meta_creates=100_000, meta_creates_glance=1000,
-            meta_requests=1000, growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
+            range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
             cached_size=1024 * MiB, herd_image_size=1024 * MiB, herd_rate=100 * MiB,
             meta_step_seconds=20.0, stores_image_size=1024 * MiB, edge_nodes=64, edge_image_size=256 * MiB,
         )

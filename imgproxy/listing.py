@@ -1,14 +1,15 @@
 """``GET /v2/images``: query parsing and index-backed paging.
 
-The default order (created_at desc, id desc) walks the registry's index streams from the
-marker, k-way merging the streams a caller may see (own, public, shared-accepted, ...),
-and applies the remaining filters in memory on the few records read: a page costs about
-``limit`` record reads when the filters match often, whatever the number of images.
-Other sort keys fall back to reading every candidate of those streams and keeping the
-best page in a bounded heap (time grows with the number of visible images, memory with
-the page). A filter that rarely matches reads many records too, so :func:`list_images`
-is synchronous and the image service runs it on its bounded reader pool
-(:class:`imgproxy.db.ReaderPool`), never on the event loop.
+The default order (created_at desc, id desc) walks the index streams of the listing's plan
+(:mod:`imgproxy.listing_plan`) from the marker, k-way merging the streams a caller may see
+(own, public, shared-accepted, ...), each already narrowed by the common filters (status,
+name, owner, tags, visibility, os_hidden). A page then reads about ``limit`` index entries
+and the stored views it returns (:meth:`Registry.view`), whatever the number of images, and
+parses no record. Other filters (disk_format, size, times, properties) read and check the
+candidates' records; other sort keys read every candidate's record and keep the best page
+in a bounded heap (time grows with the number of candidates, memory with the page). Such
+listings may read many records, so the image service runs them on its bounded reader pool
+(:class:`imgproxy.db.ReaderPool`); a bounded plan (:func:`on_loop`) runs on the event loop.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import lmdb
 from .attrs import brief, is_internal, is_uuid
 from .context import RequestContext
 from .errors import BadRequest
+from .listing_plan import Part, Plan, plan_listing
 from .policy import is_visible
-from .registry import MEMBER_STATUSES, Registry, stream_prefix
+from .registry import MEMBER_STATUSES, Registry
+from .streams import ORDER_TS, order_of
 
-__all__ = ["ListQuery", "parse_query", "list_images", "DEFAULT_LIMIT", "MAX_LIMIT"]
+__all__ = ["ListQuery", "Page", "Reads", "parse_query", "plan_for", "on_loop", "list_images", "DEFAULT_LIMIT",
+           "MAX_LIMIT"]
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
@@ -109,7 +113,12 @@ def _in_list(raw: str) -> set[str]:
     return {v for row in csv.reader([raw], skipinitialspace=True) for v in row}
 
 
+_SORT_PARAMS = frozenset({"sort_key", "sort_dir", "sort"})
+
+
 def _parse_sort(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not any(k in _SORT_PARAMS for k, _ in params):
+        return [("created_at", "desc"), ("id", "desc")]
     keys = [v for k, v in params if k == "sort_key"]
     dirs = [v for k, v in params if k == "sort_dir"]
     sort_specs = [v for k, v in params if k == "sort"]
@@ -235,65 +244,98 @@ def _matches(q: ListQuery, record: dict[str, Any]) -> bool:
     return all(_OPS[op](_time_us(record, key), us) for key, op, us in q.times)
 
 
+@dataclass
+class Reads:
+    """What one listing read: index entries (stepped over or looked up), records parsed,
+    stored views. Tests check these to prove a page costs what it returns."""
+
+    index: int = 0
+    records: int = 0
+    views: int = 0
+
+
+@dataclass
+class Page:
+    """One page: the stored view JSON of each image, the next page's marker (None when
+    this page is short) and what it took to find them."""
+
+    views: list[bytes]
+    next_marker: str | None
+    reads: Reads
+
+
+def plan_for(ctx: RequestContext, q: ListQuery) -> Plan:
+    """The index plan of ``q`` for ``ctx`` (see :mod:`imgproxy.listing_plan`)."""
+    other = q.size_min is not None or q.size_max is not None or bool(q.times)
+    return plan_listing(ctx, visibility=q.visibility, member_status=q.member_status, equals=q.equals,
+                        tags=q.tags, other_filters=other)
+
+
+def on_loop(plan: Plan, q: ListQuery) -> bool:
+    """Whether the listing costs about a page of reads, so it may run on the event loop."""
+    return plan.bounded and q.default_order
+
+
 class _Lister:
     """One listing inside one read transaction."""
 
-    def __init__(self, registry: Registry, txn: lmdb.Transaction, ctx: RequestContext, q: ListQuery) -> None:
-        self.registry, self.txn, self.ctx, self.q = registry, txn, ctx, q
+    def __init__(self, registry: Registry, txn: lmdb.Transaction, plan: Plan, q: ListQuery) -> None:
+        self.registry, self.txn, self.plan, self.q = registry, txn, plan, q
+        self.reads = Reads()
 
-    def streams(self) -> list[bytes]:
-        """Index streams whose union holds every image this listing may return."""
-        q, ctx = self.q, self.ctx
-        vis = q.visibility
-        if ctx.is_admin:
-            for key, kind in (("name", "n"), ("owner", "o"), ("status", "s")):
-                values = q.equals.get(key)
-                if values and len(values) == 1 and isinstance(next(iter(values)), str):
-                    return [stream_prefix(kind, next(iter(values)))]
-            if q.tags:
-                return [stream_prefix("t", q.tags[0])]
-            if vis is not None and vis != "all":
-                return [stream_prefix("v", vis)]
-            return [stream_prefix("c")]
-        streams = []
-        if vis in (None, "all", "private", "shared", "community"):
-            streams.append(stream_prefix("o", ctx.project_id))
-        if vis in (None, "all", "public"):
-            streams.append(stream_prefix("v", "public"))
-        if vis in ("all", "community"):
-            streams.append(stream_prefix("v", "community"))
-        if vis in (None, "all", "shared"):
-            streams += [stream_prefix("m", f"{ctx.project_id}\0{s}") for s in self.q.member_status]
-        return streams
+    def _checked(self, part: Part, before: bytes | None) -> Iterator[tuple[bytes, str]]:
+        walks = [self.registry.walk(self.txn, prefix, before) for prefix in part.streams]
+        merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=True)
+        for order, image_id in merged:
+            self.reads.index += 1
+            if all(self._in_any(check, order) for check in part.checks):
+                yield order, image_id
 
-    def listable(self, record: dict[str, Any]) -> bool:
-        """Glance's listing visibility: the visibility filter, community only when asked for
-        (or owned), shared images of others only with a membership in ``member_status``."""
-        vis, v = self.q.visibility, record.get("visibility")
-        own = record.get("owner") == self.ctx.project_id
-        if vis is not None and vis != "all" and v != vis:
-            return False
-        if vis is None and v == "community" and not own:
-            return False
-        if self.ctx.is_admin or own or v in ("public", "community"):
-            return True
-        if v == "shared":
-            status = self.registry.member_status(self.txn, record["id"], self.ctx.project_id)
-            return status in self.q.member_status
+    def _in_any(self, prefixes: tuple[bytes, ...], order: bytes) -> bool:
+        for prefix in prefixes:
+            self.reads.index += 1
+            if self.registry.has(self.txn, prefix + order):
+                return True
         return False
 
-    def candidates(self, before: bytes | None) -> Iterator[dict[str, Any]]:
-        """Records of the merged streams, newest first, each once, that pass every filter."""
-        walks = [self.registry.walk(self.txn, prefix, before) for prefix in self.streams()]
+    def candidates(self, before: bytes | None) -> Iterator[str]:
+        """Ids of the plan's images, newest first, each once; those ``q`` keeps, unless the
+        plan is residual (then :meth:`record` tells)."""
+        walks = [self._checked(part, before) for part in self.plan.parts]
+        if not walks:
+            return
         merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=True)
         last = None
-        for order, image_id in merged:
-            if image_id == last:
-                continue
-            last = image_id
-            record = self.registry.load(self.txn, image_id)
-            if record is not None and self.listable(record) and _matches(self.q, record):
-                yield record
+        for _, image_id in merged:
+            if image_id != last:
+                last = image_id
+                yield image_id
+
+    def record(self, image_id: str) -> dict[str, Any] | None:
+        """The record, if the residual filters (when the plan has any) keep it."""
+        self.reads.records += 1
+        record = self.registry.load(self.txn, image_id)
+        if record is None or (self.plan.residual and not _matches(self.q, record)):
+            return None
+        return record
+
+    def newest(self, before: bytes | None) -> list[bytes]:
+        """A bounded plan's page: the orders of up to ``limit`` images, newest first.
+
+        Each stream gives at most ``limit`` entries (C-level iteration), so the index reads
+        stay under ``streams * limit``; an image in several streams has one order, once.
+        """
+        orders: set[bytes] = set()
+        for part in self.plan.parts:
+            for prefix in part.streams:
+                found = self.registry.newest(self.txn, prefix, before, self.q.limit)
+                self.reads.index += len(found)
+                orders.update(found)
+        return sorted(orders, reverse=True)[:self.q.limit]
+
+    def views(self, ids: list[bytes]) -> list[bytes]:
+        self.reads.views += len(ids)
+        return self.registry.views(self.txn, ids)
 
 
 def _sort_value(record: dict[str, Any], key: str) -> Any:
@@ -317,40 +359,48 @@ def _compare(a: dict[str, Any], b: dict[str, Any], sort: list[tuple[str, str]]) 
     return 0
 
 
-def list_images(registry: Registry, ctx: RequestContext, q: ListQuery) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of records and the marker of the next page (None when this page is short).
+def list_images(registry: Registry, ctx: RequestContext, q: ListQuery, plan: Plan | None = None) -> Page:
+    """One page of ``q`` for ``ctx`` (``plan``: :func:`plan_for`'s, when already made).
 
     400 when the marker is not an image the caller can see.
     """
+    plan = plan or plan_for(ctx, q)
     with registry.read() as txn:
-        lister = _Lister(registry, txn, ctx, q)
+        lister = _Lister(registry, txn, plan, q)
         marker_record = None
         if q.marker is not None:
+            lister.reads.records += 1
             marker_record = registry.load(txn, q.marker)
             status = None if marker_record is None else registry.member_status(txn, q.marker, ctx.project_id)
             if marker_record is None or not is_visible(ctx, marker_record, status):
                 raise BadRequest(f"Invalid marker. Image {q.marker} could not be found.")
-        page: list[dict[str, Any]] = []
         if q.limit == 0:
-            return page, None
+            return Page([], None, lister.reads)
+        ids: list[str] = []
+        before = None if marker_record is None else order_of(marker_record)
+        if q.default_order and plan.exact:
+            keys = [order[ORDER_TS:] for order in lister.newest(before)]
+            views = lister.views(keys)
+            next_marker = keys[-1].decode() if len(keys) == q.limit else None
+            return Page(views, next_marker, lister.reads)
         if q.default_order:
-            before = None
-            if marker_record is not None:
-                before = int(marker_record["_created_us"]).to_bytes(8, "big") + marker_record["id"].encode()
-            for record in lister.candidates(before):
-                page.append(record)
-                if len(page) >= q.limit:
-                    break
+            for image_id in lister.candidates(before):
+                if not plan.residual or lister.record(image_id) is not None:
+                    ids.append(image_id)
+                    if len(ids) >= q.limit:
+                        break
         else:
-            # No index holds this order: every candidate is read, but only a page's worth is
-            # kept (a bounded heap), so memory stays O(limit) whatever the number of images.
-            records: Iterable[dict[str, Any]] = lister.candidates(None)
+            # No index holds this order: every candidate's record is read, but only a page's
+            # worth is kept (a bounded heap), so memory stays O(limit) whatever the number of images.
+            found = (lister.record(i) for i in lister.candidates(None))
+            records: Iterable[dict[str, Any]] = (r for r in found if r is not None)
             if marker_record is not None:
                 records = (r for r in records if _compare(r, marker_record, q.sort) > 0)
+
             def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
                 return _compare(a, b, q.sort)
 
-            order = functools.cmp_to_key(compare)
-            page = heapq.nsmallest(q.limit, records, key=order)
-    next_marker = page[-1]["id"] if len(page) == q.limit else None
-    return page, next_marker
+            ids = [r["id"] for r in heapq.nsmallest(q.limit, records, key=functools.cmp_to_key(compare))]
+        views = lister.views([i.encode() for i in ids])
+    return Page(views, ids[-1] if len(ids) == q.limit else None, lister.reads)
+

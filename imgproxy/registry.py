@@ -4,13 +4,12 @@ Layout (named databases of the service's one environment):
 
 - ``images``: image id -> record JSON. Public Glance fields at top level; internal fields
   start with ``_`` (``_locations``, ``_created_us``) and are never shown to clients.
-- ``idx``: secondary index keys -> ``b""``. Every key ends with ``<created_us 8-byte BE><id>``
-  so that walking a stream backwards yields the default list order (created_at desc, id
-  desc) and a marker is a seek, never a scan. Streams:
-  ``c`` (all images), ``o``+h(owner), ``v``+h(visibility), ``s``+h(status), ``n``+h(name),
-  ``t``+h(tag), ``m``+h(member, status) — ``h`` is xxh3-64 of the value, so keys have a fixed
-  size whatever the value; a rare hash collision only adds candidates, which the listing
-  filters in memory anyway.
+- ``views``: image id -> the image's view as a client sees it, rendered
+  (:func:`imgproxy.views.image_json`) behind a small header holding the visibility and owner
+  that decide who may see it. Show and list send these bytes without parsing the record.
+- ``idx``: index keys -> ``b""``, the streams of :mod:`imgproxy.streams`: each holds exactly
+  the images with its terms (owner, visibility, status, name, tag, membership, and pairs of
+  them), newest first, so a listing reads only what it returns.
 - ``members``: ``<image id>\\0<member>`` -> member JSON.
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
 - ``delete_journal``: image id -> ``{"locations": [{"url", "store"}, ...], "not_before": us}``
@@ -19,8 +18,11 @@ Layout (named databases of the service's one environment):
   in between loses nothing). With delayed delete the record stays meanwhile, status
   ``pending_delete``, shown to admins only and in no index (Glance's deleted rows), and the
   reaper removes it with the journal entry, not before ``not_before``.
+- ``registry_meta``: ``layout`` -> the version of the views and index layout; an older
+  environment is rebuilt by :meth:`Registry.upgrade` before the service answers.
 
-Every write updates the record and its index entries in ONE write transaction. All
+Every write updates the record, its view and its index entries in ONE write transaction
+(a member change touches only that membership's index entries: the view does not show it). All
 methods are synchronous and short. Write transactions begin through ``write_txn``, which
 refuses the event loop's thread: async code calls the write methods through the
 process's ``DbWriter``; reads may run anywhere.
@@ -31,11 +33,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import islice, takewhile
+from operator import methodcaller
 from datetime import datetime, timezone
 from typing import Any, cast
 
 import lmdb
-import xxhash
 
 from cache.txn import write_txn
 
@@ -44,12 +48,16 @@ from .owners import current_owner, owner_alive
 from .context import RequestContext
 from .errors import Conflict, Forbidden, NotFound
 from .status import check_transition
+from .streams import ORDER_TS, member_keys, record_keys, stream_prefix
+from .views import image_json
 
-__all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES"]
+__all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT"]
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
-_TS = 8  # bytes of the big-endian created_us in every index key
+# The version of the views and index layout; a different one is rebuilt by ``upgrade``.
+LAYOUT = b"2"
+_UPGRADE_BATCH = 2000  # records per upgrade transaction (a bounded dirty set)
 
 
 def utc_now() -> tuple[str, int]:
@@ -60,41 +68,6 @@ def utc_now() -> tuple[str, int]:
 
 def format_time(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _h(value: str) -> bytes:
-    return xxhash.xxh3_64_digest(value.encode("utf-8", "surrogatepass"))
-
-
-def stream_prefix(kind: str, value: str | None = None) -> bytes:
-    """The key prefix of one index stream: ``stream_prefix("c")``, ``stream_prefix("o", owner)``,
-    ``stream_prefix("m", f"{member}\\0{status}")``."""
-    if kind == "c":
-        return b"c"
-    assert value is not None
-    return kind.encode() + _h(value)
-
-
-def _order(record: dict[str, Any]) -> bytes:
-    return int(record["_created_us"]).to_bytes(_TS, "big") + str(record["id"]).encode()
-
-
-def _index_keys(record: dict[str, Any]) -> set[bytes]:
-    """Every index key of a record (members' keys are kept by the member methods); none
-    for a ``pending_delete`` one, which no listing shows."""
-    if record.get("status") == "pending_delete":
-        return set()
-    order = _order(record)
-    keys = {b"c" + order}
-    if record.get("owner") is not None:
-        keys.add(stream_prefix("o", str(record["owner"])) + order)
-    keys.add(stream_prefix("v", str(record.get("visibility"))) + order)
-    keys.add(stream_prefix("s", str(record.get("status"))) + order)
-    if record.get("name") is not None:
-        keys.add(stream_prefix("n", str(record["name"])) + order)
-    for tag in record.get("tags") or ():
-        keys.add(stream_prefix("t", str(tag)) + order)
-    return keys
 
 
 def _member_key(image_id: str, member: str) -> bytes:
@@ -108,6 +81,30 @@ def _location(url: str, store: str | None) -> dict[str, Any]:
 
 def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _stored_view(record: dict[str, Any]) -> bytes:
+    """``<header length 2B><vis length 1B><vis><owner, or 0xff for none><view JSON>``: who may
+    see the image and what they are shown, read together by one get."""
+    # A pending_delete image is shown to admins only: no visibility or owner lets others in.
+    pending = record.get("status") == "pending_delete"
+    vis = b"pending_delete" if pending else str(record.get("visibility")).encode()
+    owner = None if pending else record.get("owner")
+    owner_bytes = b"\xff" if owner is None else str(owner).encode("utf-8", "surrogatepass")
+    header = bytes([len(vis)]) + vis + owner_bytes
+    return len(header).to_bytes(2, "big") + header + image_json(record)
+
+
+def _view_start(raw: bytes) -> int:
+    return 2 + (raw[0] << 8 | raw[1])
+
+
+def _split_view(raw: bytes) -> tuple[str, str | None, bytes]:
+    """(visibility, owner, view JSON) of a stored view."""
+    start, vend = _view_start(raw), 3 + raw[2]
+    owner = raw[vend:start]
+    # 0xff never starts UTF-8 text, so it cannot be an owner's spelling.
+    return raw[3:vend].decode(), None if owner == b"\xff" else owner.decode("utf-8", "surrogatepass"), raw[start:]
 
 
 class Registry:
@@ -124,6 +121,8 @@ class Registry:
         self._deleted = env.open_db(b"deleted")
         self._passes = env.open_db(b"location_passes")
         self._journal = env.open_db(b"delete_journal")
+        self._views = env.open_db(b"views")
+        self._meta = env.open_db(b"registry_meta")
 
     # ---- low-level, used inside one transaction -------------------------------------
 
@@ -139,42 +138,111 @@ class Registry:
         raw = cast(bytes | None, txn.get(_member_key(image_id, member), db=self._members))
         return None if raw is None else str(json.loads(raw)["status"])
 
+    def _newest_keys(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None) -> Iterator[bytes]:
+        """Keys of one stream, newest first (strictly after ``before`` when given)."""
+        cursor = txn.cursor(db=self._idx)
+        start = prefix + before if before is not None else _successor(prefix)
+        if start is None or not cursor.set_range(start):
+            if not cursor.last():
+                return iter(())
+        elif cast(bytes, cursor.key()) >= start:
+            if not cursor.prev():
+                return iter(())
+        # C-level iteration: a page of a stream costs no Python per key but the slice.
+        # (Keys are bytes: the registry's transactions are begun with buffers=False.)
+        keys = cast(Iterator[bytes], cursor.iterprev(keys=True, values=False))
+        return takewhile(methodcaller("startswith", prefix), keys)
+
     def walk(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None = None) -> Iterator[tuple[bytes, str]]:
         """Yield ``(order, image_id)`` of one stream, newest first.
 
         ``order`` is ``<created_us BE><id>``; with ``before``, start strictly after it in
         descending order (the marker's position). Valid while ``txn`` is open.
         """
-        cursor = txn.cursor(db=self._idx)
-        start = prefix + before if before is not None else _successor(prefix)
-        if start is None or not cursor.set_range(start):
-            if not cursor.last():
-                return
-        elif cast(bytes, cursor.key()) >= start:
-            if not cursor.prev():
-                return
         plen = len(prefix)
-        while True:
-            key = cast(bytes, cursor.key())
-            if not key.startswith(prefix):
-                return
+        for key in self._newest_keys(txn, prefix, before):
             order = key[plen:]
-            yield order, order[_TS:].decode()
-            if not cursor.prev():
-                return
+            yield order, order[ORDER_TS:].decode()
 
-    def _write(self, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        """Store ``new`` (or delete ``old`` when ``new`` is None), keeping the indexes in step."""
-        old_keys = _index_keys(old) if old is not None else set()
-        new_keys = _index_keys(new) if new is not None else set()
+    def newest(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None, n: int) -> list[bytes]:
+        """The orders of the first ``n`` images of a stream (as :meth:`walk`, at once)."""
+        plen = len(prefix)
+        return [key[plen:] for key in islice(self._newest_keys(txn, prefix, before), n)]
+
+    def views(self, txn: lmdb.Transaction, ids: Iterable[bytes]) -> list[bytes]:
+        """The stored view JSON of each image of ``ids`` (encoded ids) that exists, in order."""
+        get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=self._views))
+        found = map(get, ids)
+        # A page's hot loop: the header skipped inline (see _view_start).
+        return [raw[2 + (raw[0] << 8 | raw[1]):] for raw in found if raw is not None]
+
+    def has(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        """Whether the index holds ``key`` (a stream prefix and an order)."""
+        return txn.get(key, db=self._idx) is not None
+
+    def _keys(self, record: dict[str, Any], members: list[dict[str, Any]]) -> set[bytes]:
+        if record.get("status") == "pending_delete":
+            return set()  # deleted as far as listings go (Glance's deleted rows)
+        keys = record_keys(record)
+        for member in members:
+            keys |= member_keys(record, member)
+        return keys
+
+    def _reindex(self, txn: lmdb.Transaction, old_keys: set[bytes], new_keys: set[bytes]) -> None:
         for key in old_keys - new_keys:
             txn.delete(key, db=self._idx)
         for key in new_keys - old_keys:
             txn.put(key, b"", db=self._idx)
+
+    def _write(self, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Store ``new`` (or delete ``old`` when ``new`` is None), keeping its view and its
+        index entries (its memberships' too) in step."""
+        members = self._member_rows(txn, old["id"]) if old is not None else []
+        old_keys = self._keys(old, members) if old is not None else set()
+        new_keys = self._keys(new, members) if new is not None else set()
+        self._reindex(txn, old_keys, new_keys)
         if new is not None:
             txn.put(new["id"].encode(), _dumps(new), db=self._images)
+            txn.put(new["id"].encode(), _stored_view(new), db=self._views)
         elif old is not None:
             txn.delete(old["id"].encode(), db=self._images)
+            txn.delete(old["id"].encode(), db=self._views)
+
+    def upgrade(self, batch: int = _UPGRADE_BATCH) -> int:
+        """Rebuild the views and the index from the records if the environment holds an older
+        layout (or none); a no-op when current. Returns the records rebuilt.
+
+        Runs in transactions of a bounded number of records, resuming from a mark kept in
+        the last one, so a crash or a second process running it at the same time continues
+        the same rebuild. Call before serving: until it returns, listings would be wrong.
+        """
+        done = 0
+        while True:
+            with write_txn(self.env) as txn:
+                if txn.get(b"layout", db=self._meta) == LAYOUT:
+                    return done
+                after = cast(bytes | None, txn.get(b"rebuilt_through", db=self._meta))
+                if after is None:
+                    txn.drop(self._idx, delete=False)
+                    txn.drop(self._views, delete=False)
+                cursor = txn.cursor(db=self._images)
+                more = cursor.set_range(after + b"\0") if after is not None else cursor.first()
+                n = 0
+                while more and n < batch:
+                    key, raw = cast(bytes, cursor.key()), cast(bytes, cursor.value())
+                    record = cast(dict[str, Any], json.loads(raw))
+                    for index_key in self._keys(record, self._member_rows(txn, record["id"])):
+                        txn.put(index_key, b"", db=self._idx)
+                    txn.put(key, _stored_view(record), db=self._views)
+                    after, n = key, n + 1
+                    more = cursor.next()
+                done += n
+                if more:
+                    assert after is not None
+                    txn.put(b"rebuilt_through", after, db=self._meta)
+                else:
+                    txn.delete(b"rebuilt_through", db=self._meta)
+                    txn.put(b"layout", LAYOUT, db=self._meta)
 
     # ---- reads ------------------------------------------------------------------------
 
@@ -198,6 +266,22 @@ class Registry:
         """The record if ``ctx`` may see it; NotFound (404, never 403) otherwise."""
         with self.read() as txn:
             return self._visible(txn, ctx, image_id)
+
+    def visible_view(self, ctx: RequestContext, image_id: str) -> bytes:
+        """The stored view JSON if ``ctx`` may see the image; NotFound (404) otherwise.
+
+        One get (and a membership's for a shared image of another project); no record parsed.
+        """
+        with self.read() as txn:
+            raw = cast(bytes | None, txn.get(image_id.encode(), db=self._views))
+            if raw is None:
+                raise NotFound(f"No image found with ID {image_id}")
+            vis, owner, body = _split_view(raw)
+            if ctx.is_admin or (owner is not None and owner == ctx.project_id) or vis in ("public", "community"):
+                return body
+            if vis == "shared" and self.member_status(txn, image_id, ctx.project_id) is not None:
+                return body
+        raise NotFound(f"No image found with ID {image_id}")
 
     def _modifiable(self, txn: lmdb.Transaction, ctx: RequestContext | None, image_id: str) -> dict[str, Any]:
         """The record for a write: with ``ctx``, visible (else NotFound) and modifiable (else Forbidden)."""
@@ -296,12 +380,14 @@ class Registry:
                          for loc in old.get("_locations") or [] if loc.get("url")]
             deleted_at, now_us = utc_now()
             pending = delay is not None and bool(locations)
-            for member in self._member_rows(txn, image_id):
-                self._drop_member(txn, old, member)
+            members = self._member_rows(txn, image_id)
             if pending:
+                # Its index entries (its memberships' too) go: no listing shows it.
                 self._write(txn, old, dict(old, status="pending_delete", updated_at=deleted_at, _deleted_us=now_us))
             else:
-                self._write(txn, old, None)
+                self._write(txn, old, None)  # with its memberships' index entries
+            for member in members:
+                txn.delete(_member_key(image_id, member["member_id"]), db=self._members)
             tomb = {"deleted_at": deleted_at, "owner": old.get("owner"), "_locations": old.get("_locations", [])}
             txn.put(image_id.encode(), _dumps(tomb), db=self._deleted)
             not_before = now_us + int((delay or 0) * 1e6) if pending else 0
@@ -410,7 +496,8 @@ class Registry:
         (their pass resumes).
         """
         with self.read() as txn:
-            saving = [image_id for _, image_id in self.walk(txn, stream_prefix("s", "saving"))]
+            saving = [image_id for hidden in (False, True)
+                      for _, image_id in self.walk(txn, stream_prefix("s", "saving", hidden=hidden))]
             orphans = []
             for image_id in saving:
                 record = self.load(txn, image_id)
@@ -575,17 +662,13 @@ class Registry:
                 rows.append(cast(dict[str, Any], json.loads(cast(bytes, value))))
         return rows
 
-    def _member_index(self, record: dict[str, Any], member: dict[str, Any]) -> bytes:
-        return stream_prefix("m", f"{member['member_id']}\0{member['status']}") + _order(record)
-
     def _drop_member(self, txn: lmdb.Transaction, record: dict[str, Any], member: dict[str, Any]) -> None:
-        txn.delete(self._member_index(record, member), db=self._idx)
+        self._reindex(txn, member_keys(record, member), set())
         txn.delete(_member_key(record["id"], member["member_id"]), db=self._members)
 
     def _put_member(self, txn: lmdb.Transaction, record: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        if old is not None:
-            txn.delete(self._member_index(record, old), db=self._idx)
-        txn.put(self._member_index(record, new), b"", db=self._idx)
+        # The image's view does not show memberships: only their index entries change.
+        self._reindex(txn, member_keys(record, old) if old is not None else set(), member_keys(record, new))
         txn.put(_member_key(record["id"], new["member_id"]), _dumps(new), db=self._members)
 
     def list_members(self, image_id: str) -> list[dict[str, Any]]:

@@ -215,6 +215,8 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     env = open_env(settings.data_dir, settings.lmdb_map_size)
     writer = DbWriter()
     registry = Registry(env)
+    # Views and index streams of an older layout are rebuilt before any request is answered.
+    await writer.run(registry.upgrade)
     backends = Backends(list(settings.stores.values()), settings.default_store, settings.extra)
     auth = open_authenticator(settings)
     cache = open_cache(settings, env, writer)

@@ -1,10 +1,17 @@
-"""Records as clients see them: internal ``_`` fields dropped, links added."""
+"""Records as clients see them: internal ``_`` fields dropped, links added.
+
+The registry stores each image's view rendered (:func:`image_json`, in the transaction that
+writes the record), so show and list send stored bytes; :func:`images_page_json` assembles a
+list page from them. The bytes are exactly what ``JSONResponse(image_view(record))`` sends.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["image_view", "member_view"]
+__all__ = ["image_view", "member_view", "image_json", "images_page_json"]
 
 
 def image_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -19,6 +26,24 @@ def image_view(record: dict[str, Any]) -> dict[str, Any]:
     view["file"] = f"/v2/images/{image_id}/file"
     view["schema"] = "/v2/schemas/image"
     return view
+
+
+def _dumps(content: Any) -> bytes:
+    # As starlette's JSONResponse renders, so stored and freshly rendered bodies are equal.
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+def image_json(record: dict[str, Any]) -> bytes:
+    """The response body of ``GET /v2/images/{id}`` for ``record``."""
+    return _dumps(image_view(record))
+
+
+def images_page_json(views: Sequence[bytes], first: str, next_link: str | None) -> bytes:
+    """The body of a list page from stored image views (each an :func:`image_json`)."""
+    tail = {"schema": "/v2/schemas/images", "first": first}
+    if next_link is not None:
+        tail["next"] = next_link
+    return b'{"images":[' + b",".join(views) + b"]," + _dumps(tail)[1:]
 
 
 def member_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -134,3 +134,44 @@ def test_visibility_rules_in_listing(admin: httpx.Client, client_for: Callable[.
     assert names(member, tag=tag) == ["pub"]
     assert names(admin, tag=tag) == ["pub", "shared", "priv"]  # others' community only on request
     assert names(admin, tag=tag, visibility="all") == ["pub", "comm", "shared", "priv"]
+
+
+def test_show_and_list_answer_each_change_and_memberships_exactly(client_for: Callable[..., httpx.Client]) -> None:
+    """Show and list send the stored view: every change of the record is in the next answer,
+    in both, byte for byte the same entry; a membership changes who sees the image, not it."""
+    owner, other = project(), project()
+    a, b = client_for(owner), client_for(other)
+    image = create(a, name="v1", tags=["x"], visibility="shared")
+    iid = image["id"]
+
+    def shown(client: httpx.Client) -> dict:
+        r = client.get(f"/v2/images/{iid}")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+        listed = [i for i in client.get("/v2/images", params={"limit": 1000}).json()["images"] if i["id"] == iid]
+        assert listed == [r.json()]
+        return r.json()
+
+    assert shown(a) == image
+    patch = [{"op": "replace", "path": "/name", "value": "v2"}, {"op": "add", "path": "/os_distro", "value": "deb"}]
+    r = a.patch(f"/v2/images/{iid}", json=patch, headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
+    assert r.status_code == 200
+    assert shown(a) == r.json() and r.json()["name"] == "v2" and r.json()["os_distro"] == "deb"
+    assert a.put(f"/v2/images/{iid}/tags/y").status_code == 204
+    assert a.delete(f"/v2/images/{iid}/tags/x").status_code == 204
+    assert shown(a)["tags"] == ["y"]
+    assert names(a, tag="y", name="v2") == ["v2"] and names(a, tag="x") == []
+
+    assert b.get(f"/v2/images/{iid}").status_code == 404 and iid not in {i["id"] for i in b.get("/v2/images").json()["images"]}
+    assert a.post(f"/v2/images/{iid}/members", json={"member": other}).status_code == 200
+    before = shown(a)
+    assert b.get(f"/v2/images/{iid}").json() == before  # a pending member may show it, not list it
+    assert names(b, name="v2") == [] and names(b, name="v2", member_status="pending") == ["v2"]
+    assert b.put(f"/v2/images/{iid}/members/{other}", json={"status": "accepted"}).status_code == 200
+    assert shown(b) == before == shown(a)  # the view did not change; b now lists it
+    assert names(b, name="v2", tag="y", status="queued") == ["v2"]
+    r = a.patch(f"/v2/images/{iid}", json=[{"op": "replace", "path": "/visibility", "value": "private"}],
+                headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
+    assert r.status_code == 200 and shown(a)["visibility"] == "private"
+    # Private: the membership no longer shows it to b, in show or in any listing.
+    assert b.get(f"/v2/images/{iid}").status_code == 404
+    assert names(b, name="v2", visibility="all", member_status="all") == []

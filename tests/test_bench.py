@@ -226,3 +226,24 @@ def test_edge_sends_each_central_byte_once_whatever_the_nodes(tmp_path: Path) ->
     # of a 2 MiB image would be 2.0.
     assert all(1.0 <= r["central_ratio"] <= 1.05 for r in rows if r["path"] == "edge"), rows
     assert all(r["central_ratio"] >= 4 for r in rows if r["path"] == "direct")
+
+
+def test_metadata_drives_show_and_list_with_wrk_beside_glance_and_a_baseline_checkout(tmp_path: Path) -> None:
+    require_glance_venv()
+    from bench.wrk import wrk_binary
+
+    wrk_binary()  # raises with the install command when missing
+    root = Path(__file__).resolve().parent.parent
+    results = _tiny_run(tmp_path, ["metadata"], ["imgproxy-1w", "glance"], meta_images=12, meta_step_seconds=1.0,
+                        meta_connections=(4,), meta_baseline=str(root))
+    rows = results["metadata"].rows
+    assert sorted((r["system"], r["op"]) for r in rows) == sorted(
+        (system, op) for system in ("imgproxy-1w", "glance", "baseline-1w", "baseline-2w")
+        for op in ("create", "show", "list-100", "list-100-filtered"))
+    for row in rows:
+        assert row["requests"] > 0 and row["req_per_s"] > 0 and row["images"] == 12, row
+        assert row["status"].startswith("ok"), row  # Glance's creates may be made again (sqlite locks)
+        if row["op"] != "create":
+            assert row["status"] == "ok" and row["errors"] == 0, row
+            assert row["vs_glance"] is not None and row["p99_ms"] is not None, row
+    assert all(r["vs_glance"] == 1.0 for r in rows if r["system"] == "glance" and r["op"] != "create")

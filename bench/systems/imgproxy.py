@@ -45,8 +45,11 @@ class ImgproxySystem(ImageApiSystem):
 
     kind = "imgproxy"
 
-    def __init__(self, root: Path, *, workers: int = 1, config: Mapping[str, object] | None = None) -> None:
-        super().__init__(f"imgproxy-{workers}w")
+    def __init__(self, root: Path, *, workers: int = 1, config: Mapping[str, object] | None = None,
+                 source: Path | None = None, name: str | None = None) -> None:
+        super().__init__(name or f"imgproxy-{workers}w")
+        # Another checkout of imgproxy to run instead of this one (a before/after comparison).
+        self.source = None if source is None else Path(source).resolve()
         self.root = Path(root).resolve()
         self.workers = workers
         # A cache that holds every benchmark image (1-4 GiB): a warm read must be a cache hit.
@@ -68,8 +71,11 @@ class ImgproxySystem(ImageApiSystem):
             "--port", str(self.port), "--workers", str(self.workers), "--config", str(conf),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         log = (self.root / "server.log").open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # ``python -m`` puts the working directory first on sys.path: run another checkout from its own.
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.source)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,7 +7,6 @@ Each handler parses the request, calls one method of the image service
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -17,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import UnsupportedMediaType
 from ..listing import parse_query
 from ..patch import PATCH_TYPES
-from ..views import image_view
+from ..views import image_view, images_page_json
 from .bodies import json_body
 from .common import caller, json_response, path_image_id, service_of
 
@@ -50,20 +49,14 @@ def _page_link(params: list[tuple[str, str]], marker: str | None) -> str:
 
 async def index_images(request: Request) -> Response:
     params = list(request.query_params.multi_items())
-    page, next_marker = await service_of(request).images.records.list(caller(request), parse_query(params))
-    body: dict[str, Any] = {
-        "images": [image_view(r) for r in page],
-        "schema": "/v2/schemas/images",
-        "first": _page_link(params, None),
-    }
-    if next_marker is not None:
-        body["next"] = _page_link(params, next_marker)
-    return json_response(body)
+    page = await service_of(request).images.records.list(caller(request), parse_query(params))
+    next_link = None if page.next_marker is None else _page_link(params, page.next_marker)
+    return Response(images_page_json(page.views, _page_link(params, None), next_link), media_type="application/json")
 
 
 async def show_image(request: Request) -> Response:
-    record = await service_of(request).images.records.show(caller(request), path_image_id(request))
-    return json_response(image_view(record))
+    view = await service_of(request).images.records.show(caller(request), path_image_id(request))
+    return Response(view, media_type="application/json")
 
 
 async def update_image(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """Image records: create, show, list, update (JSON patch), (de|re)activate, tags.
 
 Every write runs on the process's LMDB writer thread, one transaction each; point reads
-run on the loop; listings (which may scan) run on the reader pool.
+and listings the index serves page by page run on the loop; listings that may scan run
+on the reader pool. Show and list answer with the views the registry stores.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .. import policy
 from ..attrs import MAX_PROPERTIES, check_settable, check_tags, check_value, count_extra
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from ..listing import ListQuery, list_images
+from ..listing import ListQuery, Page, list_images, on_loop, plan_for
 from ..patch import apply_patch, parse_patch
 from ..registry import utc_now
 
@@ -110,15 +111,20 @@ class ImageRecords:
         await self._s.writer.run(self._s.registry.create, record)
         return record
 
-    async def show(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
-        return self._s.registry.get_visible(ctx, image_id)
+    async def show(self, ctx: RequestContext, image_id: str) -> bytes:
+        """The image's view JSON (stored bytes); NotFound unless ``ctx`` may see it."""
+        return self._s.registry.visible_view(ctx, image_id)
 
-    async def list(self, ctx: RequestContext, query: ListQuery) -> tuple[list[dict[str, Any]], str | None]:
-        """One page and the next page's marker (see :func:`imgproxy.listing.list_images`).
+    async def list(self, ctx: RequestContext, query: ListQuery) -> Page:
+        """One page (see :func:`imgproxy.listing.list_images`).
 
-        Off the loop: a filter or sort no index serves reads every candidate record.
+        On the loop when the index serves it page by page; otherwise (a filter or sort no
+        index serves reads candidate records) on the reader pool.
         """
-        return await self._s.readers.run(list_images, self._s.registry, ctx, query)
+        plan = plan_for(ctx, query)
+        if on_loop(plan, query):
+            return list_images(self._s.registry, ctx, query, plan)
+        return await self._s.readers.run(list_images, self._s.registry, ctx, query, plan)
 
     async def _writable(self, ctx: RequestContext, image_id: str) -> None:
         """Visible (else 404) to a caller that may write (else 403) and may change it (else 403)."""
