@@ -76,6 +76,7 @@ class Fill:
         self.done = False
         self.verified = False  # all bytes in and matching the known address
         self.error: BaseException | None = None
+        self.waiters = 0  # readers streaming from it now
         self._event = asyncio.Event()
 
     @property
@@ -112,6 +113,17 @@ class Fill:
         self._notify()
 
     async def stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        """:meth:`_stream`, counted in :attr:`waiters` while it runs."""
+        self.waiters += 1
+        pieces = self._stream(start, end)
+        try:
+            async for piece in pieces:
+                yield piece
+        finally:
+            self.waiters -= 1
+            await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def _stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
         """Yield bytes ``start``..``end`` of the chunk as they arrive (pieces <= PIECE_SIZE).
 
         Raises the fill's error if it fails before ``end`` is reached. When the chunk's

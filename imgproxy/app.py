@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .api import cache_api, data, images, info, locations, members, versions
 from .errors import ApiError, Unauthorized, error_response
+from .ops.access import AccessMiddleware
+from .ops.access import strip_minor_version as _strip_minor_version
+from .ops.routes import PUBLIC_PATHS, ops_routes
 from .service import Service, open_service
 from .settings import Settings
 
@@ -21,8 +24,9 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("imgproxy")
 
-# Paths anyone may read without a token (version discovery, health).
-_PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+# Paths anyone may read without an image API token (version discovery, health, metrics; the
+# status page checks its caller itself).
+_PUBLIC_PATHS = frozenset({"/", "/versions"}) | PUBLIC_PATHS
 
 # Header limits: one line as long as Glance's max_header_line, all of them a few times that.
 MAX_HEADER_LINE = 16 * 1024
@@ -37,16 +41,6 @@ def _headers_too_large(scope: Scope) -> bool:
             return True
         total += line
     return total > MAX_HEADERS_TOTAL
-
-
-def _strip_minor_version(path: str) -> str:
-    """Map ``/v2.N/...`` onto ``/v2/...``: every v2 minor version shares one API."""
-    if path.startswith("/v2."):
-        rest = path[4:]
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        if digits and (len(rest) == digits or rest[digits] == "/"):
-            return "/v2" + rest[digits:]
-    return path
 
 
 class ApiMiddleware:
@@ -130,6 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         *locations.routes,
         *info.routes,
         *cache_api.routes,
+        *ops_routes(settings),
     ]
     app = Starlette(
         routes=routes,
@@ -137,4 +132,5 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
     )
     app.add_middleware(ApiMiddleware)
+    app.add_middleware(AccessMiddleware)  # outermost: ids, log lines and metrics for every answer
     return app

@@ -21,6 +21,8 @@ from .images import Images
 from .locations import LocationPasses
 from .loops import start_loops
 from .memory import IdleTrimmer
+from .ops.history import History, start_sampling
+from .ops.metrics import Metrics, open_metrics
 from .registry import Registry
 from .settings import Settings
 
@@ -49,6 +51,8 @@ class Service:
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
     images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
+    metrics: Metrics | None = None  # None: metrics = false
+    history: History = field(default_factory=History)  # the status page's last hour
     _spawned: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class Service:
         self.readers.close()
         self.writer.close()
         self.env.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def open_authenticator(settings: Settings) -> Authenticator:
@@ -179,7 +185,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     auth = open_authenticator(settings)
     cache = open_cache(settings, env, writer)
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
-                      writer=writer)
+                      writer=writer, metrics=open_metrics(settings))
     if loops:
         await _recover(service)
         from .sources import prefetch_queued
@@ -193,5 +199,6 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
             }
         )
         service.tasks.append(asyncio.create_task(_check_stores(service)))
+        service.tasks.append(start_sampling(service))
         service.locations.resume()
     return service

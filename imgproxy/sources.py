@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from backends import ReadBackend
 from cache import Manifest
+
+from .ops.store_meter import MeteredStore
 
 if TYPE_CHECKING:
     from .service import Service
@@ -35,6 +38,8 @@ async def resolve_source(service: "Service", record: dict[str, Any]) -> Source |
         return None
     location: str = locations[0]["url"]
     backend = service.backends.for_location(location)
+    if service.metrics is not None:
+        backend = MeteredStore(backend, urlsplit(location).scheme, service.metrics)
     image_id: str = record["id"]
     manifest = service.cache.get_manifest(image_id)
     if manifest is None:
