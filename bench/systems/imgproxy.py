@@ -42,8 +42,9 @@ class ImgproxySystem(ImageApiSystem):
 
     kind = "imgproxy"
 
-    def __init__(self, root: Path, *, workers: int = 1, config: Mapping[str, object] | None = None) -> None:
-        super().__init__(f"imgproxy-{workers}w")
+    def __init__(self, root: Path, *, workers: int = 1, config: Mapping[str, object] | None = None,
+                 name: str = "") -> None:
+        super().__init__(name or f"imgproxy-{workers}w")
         self.root = Path(root).resolve()
         self.workers = workers
         # A cache that holds every benchmark image (1-4 GiB): a warm read must be a cache hit.
