@@ -139,7 +139,12 @@ class AccessMiddleware:
             if message["type"] == "http.response.start":
                 ex.status = message["status"]
                 ex.started = True
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = list(message.get("headers", ()))
+                theirs = next((value for name, value in headers if name.lower() == _HEADER_KEY), None)
+                if theirs is None:
+                    message["headers"] = [*headers, header]
+                else:  # an edge's upstream answered with its own id: that one is the request's
+                    REQUEST_ID.set(bytes(theirs).decode(errors="replace"))
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 n = len(body)
