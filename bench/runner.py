@@ -175,6 +175,8 @@ class RunContext:
             return ImgproxySystem(w, workers=1)
         if name == "imgproxy-2w":
             return ImgproxySystem(w, workers=2)
+        if name == "imgproxy-1w-nometrics":  # what metrics and request lines cost (cached_download)
+            return ImgproxySystem(w, workers=1, config={"metrics": False, "request_log": False}, name=name)
         if name == "glance":
             return GlanceSystem(w)
         if name == "nginx-direct":

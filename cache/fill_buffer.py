@@ -66,6 +66,11 @@ class Fill:
         self._event = asyncio.Event()
 
     @property
+    def waiters(self) -> int:
+        """Readers sending its bytes now (for the status page)."""
+        return self.streaming
+
+    @property
     def length(self) -> int:
         return self.spec.span.length
 

@@ -98,6 +98,10 @@ class Reader:
     def active_fills(self) -> int:
         return len(self._fills)
 
+    def fills_in_flight(self) -> list[Fill]:
+        """The fills running in this process now (for status reports; do not drive them)."""
+        return list(self._fills.values())
+
     def _address(self, image_id: str, manifest: Manifest, index: int) -> bytes | None:
         return manifest.chunks[index] or self.pending.learned(image_id, index)
 

@@ -17,6 +17,9 @@ from .api import cache_api, data, images, info, locations, members, metadefs, ve
 from .api.common import json_response
 from .api.versions import versions_document
 from .errors import ApiError, Unauthorized, error_response
+from .ops.access import AccessMiddleware
+from .ops.access import strip_minor_version as _strip_minor_version
+from .ops.routes import PUBLIC_PATHS, ops_routes
 from .service import Service, open_service
 from .settings import Settings
 
@@ -24,8 +27,9 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("imgproxy")
 
-# Paths anyone may read without a token (version discovery, health).
-_PUBLIC_PATHS = frozenset({"/", "/versions", "/healthcheck"})
+# Paths anyone may read without an image API token (version discovery, health, metrics; the
+# status page checks its caller itself).
+_PUBLIC_PATHS = frozenset({"/", "/versions"}) | PUBLIC_PATHS
 
 # Header limits: one line as long as Glance's max_header_line, all of them a few times that.
 MAX_HEADER_LINE = 16 * 1024
@@ -146,6 +150,7 @@ def create_app(settings: Settings) -> Starlette:
         *info.routes,
         *cache_api.routes,
         *metadefs.routes,
+        *ops_routes(settings),
     ]
     app = Starlette(
         routes=routes,
@@ -155,4 +160,5 @@ def create_app(settings: Settings) -> Starlette:
     # Glance answers /v2/images/ with 404, not a redirect to /v2/images.
     app.router.redirect_slashes = False
     app.add_middleware(ApiMiddleware)
+    app.add_middleware(AccessMiddleware)  # outermost: ids, log lines and metrics for every answer
     return app

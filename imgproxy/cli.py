@@ -57,6 +57,30 @@ def _raise_open_files(connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
 
 
+def _prepare_ops(settings: Settings) -> None:
+    """Before the workers start: an empty metrics directory named for them (multiprocess
+    mode) and the ``metrics_listen`` server; no fill boards of a previous run."""
+    import shutil
+
+    from .ops.paths import run_dir
+
+    shutil.rmtree(run_dir(settings.data_dir), ignore_errors=True)
+    if not settings.metrics:
+        return
+    from .ops.paths import prepare_multiprocess_dir
+
+    directory = settings.data_dir.resolve() / "metrics"
+    prepare_multiprocess_dir(directory)  # before this process imports prometheus_client
+    if settings.metrics_listen:
+        from .ops.figures import load_figures
+        from .ops.metrics import serve_metrics
+
+        try:
+            serve_metrics(settings.metrics_listen, lambda: load_figures(directory))
+        except OSError as exc:
+            raise SettingsError("metrics_listen", f"cannot listen on {settings.metrics_listen}: {exc.strerror}") from exc
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -64,6 +88,7 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .ops.logs import logging_config
     from .protocol import PROTOCOL
 
     settings = _settings_from_args(
@@ -81,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         print("imgproxy: WARNING: --noauth: every caller is an admin; for development only", flush=True)
     _export(settings, args.config)
+    _prepare_ops(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the
     # signal with the handler that was installed before it ran; with these
     # handlers that re-raise becomes a normal exit 0 instead of death by signal.
@@ -104,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=settings.max_request_head,
         lifespan="on",
         log_level=settings.log_level,
-        access_log=False,
+        log_config=logging_config(settings),
+        access_log=False,  # the service writes its own request lines (imgproxy.ops.access)
         timeout_graceful_shutdown=10,
         server_header=False,
     )

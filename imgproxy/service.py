@@ -23,6 +23,8 @@ from .locations import LocationPasses
 from .loops import start_loops
 from .memory import IdleTrimmer
 from .metadefs import Metadefs
+from .ops.history import History, start_sampling
+from .ops.metrics import Metrics, open_metrics
 from .registry import Registry
 from .settings import Settings
 
@@ -52,6 +54,8 @@ class Service:
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
     images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
+    metrics: Metrics | None = None  # None: metrics = false
+    history: History = field(default_factory=History)  # the status page's last hour
     _spawned: set[asyncio.Task[Any]] = field(default_factory=set)
     metadefs: Metadefs = field(init=False)  # the metadata definitions catalog
 
@@ -88,6 +92,8 @@ class Service:
         if self.loops_fd is not None:
             unlock(self.settings.data_dir / LOOPS_LOCK, self.loops_fd)
             self.loops_fd = None
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def open_authenticator(settings: Settings) -> Authenticator:
@@ -221,7 +227,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     auth = open_authenticator(settings)
     cache = open_cache(settings, env, writer)
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
-                      writer=writer)
+                      writer=writer, metrics=open_metrics(settings))
     if loops:
         lock = settings.data_dir / LOOPS_LOCK
         fd = try_lock(lock)
@@ -230,5 +236,6 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
         else:
             service.tasks.append(asyncio.create_task(_stand_by(service, lock), name="imgproxy-stand-by"))
         service.tasks.append(asyncio.create_task(_check_stores(service)))
+        service.tasks.append(start_sampling(service))
         service.locations.resume()
     return service

@@ -104,6 +104,19 @@ class Settings:
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
+    # "text" (key=value) or "json" (one object a line) for every log line, request lines included.
+    log_format: str = "text"
+    # One log line per request (id, route, status, bytes, duration, cache outcome).
+    request_log: bool = True
+    # Prometheus metrics at GET /metrics (false: no /metrics and no counting on the request path).
+    metrics: bool = True
+    # "host:port" to serve /metrics on instead of the API's address ("" = on the API port).
+    metrics_listen: str = ""
+    # While this file exists GET /healthcheck answers 503 "DISABLED BY FILE" (oslo.middleware's
+    # disable_by_file): take a node out of its load balancer without stopping it.
+    healthcheck_disable_file: str = ""
+    # A token that may read GET /status besides admins' (for a wall screen); not in repr.
+    status_token: str = field(default="", repr=False)
     # Per-scheme tables ([s3], [http], ...): the shorthand store's options, and those of
     # readers of image locations in no configured store. Not in repr: they may hold secrets.
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -227,6 +240,12 @@ def _check(s: Settings) -> None:
         raise SettingsError("lmdb_map_size", "must be at least 16 MiB")
     if s.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise SettingsError("log_level", f"unknown level {s.log_level!r}")
+    if s.log_format not in ("text", "json"):
+        raise SettingsError("log_format", f"must be text or json, got {s.log_format!r}")
+    if s.metrics_listen:
+        host, sep, port = s.metrics_listen.rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise SettingsError("metrics_listen", f"must be host:port such as 127.0.0.1:9393, got {s.metrics_listen!r}")
     if s.upstream_api and not (s.upstream_api.startswith(("http://", "https://")) and urlsplit(s.upstream_api).hostname):
         raise SettingsError("upstream_api", f"must be an http(s) URL such as http://central:9292, got {s.upstream_api!r}")
     if s.store and "://" not in s.store:

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from backends import BackendError, Copy, FailoverBackend, ReadBackend
 from cache import Manifest
 
+from .ops.store_meter import MeteredStore
+
 if TYPE_CHECKING:
     from .service import Service
 
@@ -69,9 +71,11 @@ async def resolve_source(service: "Service", record: dict[str, Any], prefer: Seq
     copies = image_copies(service, record, prefer)
     if not copies:
         return None
-    _, backend, location = copies[0]
+    store, backend, location = copies[0]
     if len(copies) > 1:
         backend = FailoverBackend(copies)
+    if service.metrics is not None:
+        backend = MeteredStore(backend, store or urlsplit(location).scheme, service.metrics)
     image_id: str = record["id"]
     manifest = service.cache.get_manifest(image_id)
     if manifest is None:

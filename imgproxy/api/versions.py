@@ -1,11 +1,11 @@
-"""Version discovery (``GET /`` 300, ``GET /versions`` 200) and ``GET /healthcheck``."""
+"""Version discovery (``GET /`` 300, ``GET /versions`` 200). Health: :mod:`imgproxy.ops.health`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .common import json_response
@@ -41,12 +41,7 @@ async def versions(request: Request) -> Response:
     return json_response(versions_document(str(request.base_url)))
 
 
-async def healthcheck(request: Request) -> Response:
-    return PlainTextResponse("OK")
-
-
 routes: list[BaseRoute] = [
     Route("/", root, methods=["GET"]),
     Route("/versions", versions, methods=["GET"]),
-    Route("/healthcheck", healthcheck, methods=["GET", "HEAD"]),
 ]

@@ -18,8 +18,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..api import versions
 from ..app import MAX_HEADER_LINE, MAX_HEADERS_TOTAL, ApiMiddleware, _PUBLIC_PATHS, _api_error, _headers_too_large, \
-    _http_error, _strip_minor_version, _unexpected_error
+    _http_error, _unexpected_error
 from ..errors import ApiError, error_response
+from ..ops.access import AccessMiddleware
+from ..ops.access import strip_minor_version as _strip_minor_version
+from ..ops.routes import ops_routes
 from ..settings import Settings
 from . import cache_routes, data
 from .service import EdgeService, open_edge_service
@@ -74,9 +77,10 @@ def create_edge_app(settings: Settings) -> Starlette:
             await service.aclose()
 
     app = Starlette(
-        routes=[*versions.routes, *data.routes, *cache_routes.routes],
+        routes=[*versions.routes, *data.routes, *cache_routes.routes, *ops_routes(settings)],
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
     )
     app.add_middleware(EdgeMiddleware)
+    app.add_middleware(AccessMiddleware, edge=True)
     return app

@@ -87,7 +87,7 @@ async def download(request: Request) -> Response:
                                                                               b"", None)))
 
     location = service.location(image_id)
-    body = service.cache.read(image_id, manifest, wanted, service.backend, location)
+    body = service.cache.read(image_id, manifest, wanted, service.source, location)
     if not service.verifier.verified(image_id, manifest):
         body = service.verifier.guard(body, service.verifier.start(image_id, manifest, service.backend, location))
     # The first piece before answering, so a dead upstream is an HTTP error, not a cut.

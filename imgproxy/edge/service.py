@@ -15,7 +15,7 @@ from typing import Any
 
 import lmdb
 
-from backends import ByteRange
+from backends import ByteRange, ReadBackend
 from backends.http import HttpOptions
 from backends.image_api import ImageApiBackend, data_location
 from cache import CacheError, ImageCache, Manifest, PrefetchResult
@@ -24,6 +24,9 @@ from ..auth import Authenticator
 from ..db import open_env
 from ..loops import start_loops
 from ..memory import IdleTrimmer
+from ..ops.history import History, start_sampling
+from ..ops.metrics import Metrics, open_metrics
+from ..ops.store_meter import MeteredStore
 from ..service import open_authenticator, open_cache
 from ..settings import Settings
 from .authz import Authorizer
@@ -58,10 +61,16 @@ class EdgeService:
     verifier: Verifier
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)
+    metrics: Metrics | None = None  # None: metrics = false
+    history: History = field(default_factory=History)  # the status page's last hour
     proxy: UpstreamProxy = field(init=False)  # every request the edge does not answer itself
 
     def __post_init__(self) -> None:
         self.proxy = UpstreamProxy(self.upstream)
+        # What fills read: the backend, counted in the metrics as the store "upstream_api".
+        self.source: ReadBackend = self.backend
+        if self.metrics is not None:
+            self.source = MeteredStore(self.backend, "upstream_api", self.metrics)
 
     def location(self, image_id: str) -> str:
         return data_location(self.settings.upstream_api, image_id)
@@ -97,7 +106,7 @@ class EdgeService:
         if not self.verifier.verified(image_id, manifest):
             await self.verifier.start(image_id, manifest, self.backend, location)
             return
-        async for _ in self.cache.read(image_id, manifest, ByteRange(0, manifest.size), self.backend, location,
+        async for _ in self.cache.read(image_id, manifest, ByteRange(0, manifest.size), self.source, location,
                                        count_hit=False):
             pass
 
@@ -151,6 +160,8 @@ class EdgeService:
         await self.upstream.aclose()
         self.auth.close()
         self.env.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 async def open_edge_service(settings: Settings, *, loops: bool = True) -> EdgeService:
@@ -164,7 +175,7 @@ async def open_edge_service(settings: Settings, *, loops: bool = True) -> EdgeSe
                               spool_dir=settings.data_dir / "edge-spool", retries=settings.upstream_retries)
     service = EdgeService(settings=settings, env=env, cache=cache, auth=open_authenticator(settings),
                           upstream=upstream, authorizer=authorizer, backend=backend,
-                          verifier=Verifier(cache, env))
+                          verifier=Verifier(cache, env), metrics=open_metrics(settings))
     if loops:
         log.info("edge mode: caching image data of %s; cache recovery: %s", settings.upstream_api,
                  await cache.clean())
@@ -174,4 +185,5 @@ async def open_edge_service(settings: Settings, *, loops: bool = True) -> EdgeSe
             "audit": (settings.clean_interval, cache.audit),
             "prefetch": (settings.prefetch_interval, service.prefetch_queued),
         })
+        service.tasks.append(start_sampling(service))
     return service

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound
+from ..ops.figures import cache_limits
 from ..sources import prefetch_queued
 
 if TYPE_CHECKING:
@@ -126,10 +127,5 @@ class CacheAdmin:
         _admin(ctx)
         cache = self._s.cache
         stats: dict[str, Any] = dict(await self._s.readers.run(cache.stats))
-        stats.update(
-            max_size=cache.max_size,
-            high_watermark_bytes=int(cache.high_watermark * cache.max_size),
-            low_watermark_bytes=int(cache.low_watermark * cache.max_size),
-            chunk_size=cache.chunk_size,
-        )
+        stats.update(cache_limits(cache))
         return stats

@@ -32,11 +32,12 @@ log = logging.getLogger("imgproxy.locations")
 Piece = bytes | memoryview
 
 
-def _split_last(piece: Piece, sent: int, size: int) -> tuple[Piece, bytes]:
-    """``(to send, held back)``: the image's last byte stays behind."""
+def _split_last(piece: Piece, sent: int, size: int) -> tuple[Piece, Piece]:
+    """``(to send, held back)``: the image's last byte stays behind. Both keep the piece's
+    type (a ``memoryview`` is a fill's bytes, which the request log tells from the cache's)."""
     if sent < size:
         return piece, b""
-    return piece[:-1], bytes(piece[-1:])
+    return piece[:-1], piece[-1:]
 
 
 class InlineVerifier:
@@ -69,7 +70,8 @@ class InlineVerifier:
         digests = ImageDigests(background=True)  # an image already in service: serving comes first
         result: bool | None = None
         try:
-            sent, held = 0, b""
+            sent = 0
+            held: Piece = b""
             async for piece in body:
                 hashed = asyncio.wrap_future(digests.submit(piece))
                 sent += len(piece)
@@ -95,7 +97,8 @@ class InlineVerifier:
     async def _holding(self, image_id: str, size: int, body: AsyncIterator[Piece],
                        verdict: asyncio.Future[bool | None]) -> AsyncIterator[Piece]:
         try:
-            sent, held = 0, b""
+            sent = 0
+            held: Piece = b""
             async for piece in body:
                 sent += len(piece)
                 out, held = _split_last(piece, sent, size)
