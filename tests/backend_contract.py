@@ -16,20 +16,15 @@ not start with ``Test`` so pytest collects them only through subclasses.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend, WriteBackend
+from tests.helpers import payload
 
 __all__ = ["StoreUnderTest", "ReadBackendContract", "WriteBackendContract", "payload"]
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic, non-repeating test bytes (so a misplaced range cannot pass)."""
-    return random.Random(seed).randbytes(size)
 
 
 @dataclass

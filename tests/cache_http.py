@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import random
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from tests.server import ServerProcess
+from tests.helpers import payload, wait_for
 
 __all__ = [
     "CHUNK",
@@ -25,13 +23,6 @@ __all__ = [
 CHUNK = 64 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
 
-T = TypeVar("T")
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
 def cache_server_config(**overrides: object) -> dict[str, object]:
     """Small chunks; loops off unless a test turns one on, so only the test acts on the cache."""
     config: dict[str, object] = {
@@ -44,17 +35,6 @@ def cache_server_config(**overrides: object) -> dict[str, object]:
     }
     config.update(overrides)
     return config
-
-
-def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy (background work finishes
-    asynchronously); return its last value, truthy or not, so the caller asserts on it."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    return value
 
 
 def chunk_files(data_dir: Path) -> list[Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import socket
 import time
 import uuid
@@ -14,13 +13,10 @@ import httpx
 import pytest
 
 from tests.server import ServerProcess
+from tests.helpers import payload
 
 OCTET = {"Content-Type": "application/octet-stream"}
 MiB = 1024 * 1024
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 def create_image(client: httpx.Client, **fields: object) -> str:

@@ -9,13 +9,7 @@ import httpx
 import pytest
 
 from tests.server import ServerProcess
-
-
-def is_json_error(r: httpx.Response, status: int) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()["error"]
-    assert body["code"] == status and body["title"] and body["message"]
+from tests.helpers import is_json_error
 
 
 def count(client: httpx.Client, name: str) -> int:

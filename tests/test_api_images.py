@@ -8,18 +8,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from tests.helpers import create, project
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
-
-
-def project() -> str:
-    return f"proj-{uuid.uuid4().hex[:8]}"
-
-
-def create(client: httpx.Client, **body: object) -> dict:
-    r = client.post("/v2/images", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def test_create_defaults_and_location(client_for: Callable[..., httpx.Client]) -> None:

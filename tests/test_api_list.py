@@ -7,16 +7,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-
-
-def project() -> str:
-    return f"proj-{uuid.uuid4().hex[:8]}"
-
-
-def create(client: httpx.Client, **body: object) -> dict:
-    r = client.post("/v2/images", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.helpers import create, project
 
 
 def names(client: httpx.Client, **params: object) -> list[str]:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 import httpx
-
-
-def project() -> str:
-    return f"proj-{uuid.uuid4().hex[:8]}"
+from tests.helpers import project
 
 
 def test_member_lifecycle(client_for: Callable[..., httpx.Client]) -> None:

@@ -18,6 +18,7 @@ import lmdb
 
 from tests.server import ServerProcess
 from tests.test_api_data import create_image, payload, upload
+from tests.helpers import wait_for
 
 
 def journal(data_dir: Path) -> list[str]:
@@ -50,13 +51,6 @@ def unblock(data_dir: Path, image_id: str, data: bytes) -> Path:
     path.rmdir()
     path.write_bytes(data)
     return path
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return check()
 
 
 def test_failed_store_delete_is_journaled_and_finished_by_the_reaper(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.server import ServerProcess
+from tests.helpers import unique
 
 PAYLOAD = os.urandom(300 * 1024 + 17)  # not a multiple of any chunk size
 
@@ -73,15 +74,11 @@ def payload_file(tmp_path: Path) -> Path:
     return path
 
 
-def _name() -> str:
-    return f"gc-{uuid.uuid4().hex[:10]}"
-
-
 # --- the glance CLI -------------------------------------------------------------------------------
 
 
 def test_cli_create_with_file_show_download_delete(glance: Callable[..., subprocess.CompletedProcess[str]], payload_file: Path, tmp_path: Path) -> None:
-    name = _name()
+    name = unique("gc")
     out = glance("image-create", "--name", name, "--disk-format", "raw", "--container-format", "bare",
                  "--file", str(payload_file), "--property", "os_distro=debian").stdout
     props = parse_table(out)
@@ -101,7 +98,7 @@ def test_cli_create_with_file_show_download_delete(glance: Callable[..., subproc
 
 
 def test_cli_create_then_upload(glance: Callable[..., subprocess.CompletedProcess[str]], payload_file: Path, tmp_path: Path) -> None:
-    props = parse_table(glance("image-create", "--name", _name(), "--disk-format", "raw", "--container-format", "bare").stdout)
+    props = parse_table(glance("image-create", "--name", unique("gc"), "--disk-format", "raw", "--container-format", "bare").stdout)
     assert props["status"] == "queued"
     iid = props["id"]
     glance("image-upload", "--file", str(payload_file), iid)
@@ -116,7 +113,7 @@ def test_cli_list_filters_and_paging(glance: Callable[..., subprocess.CompletedP
     marker = uuid.uuid4().hex[:10]
     ids = set()
     for _ in range(3):
-        out = glance("image-create", "--name", _name(), "--disk-format", "raw", "--container-format", "bare",
+        out = glance("image-create", "--name", unique("gc"), "--disk-format", "raw", "--container-format", "bare",
                      "--property", f"batch={marker}").stdout
         ids.add(parse_table(out)["id"])
     out = glance("image-list", "--property-filter", f"batch={marker}", "--page-size", "1").stdout
@@ -129,7 +126,7 @@ def test_cli_list_filters_and_paging(glance: Callable[..., subprocess.CompletedP
 
 
 def test_cli_update_properties_and_tags(glance: Callable[..., subprocess.CompletedProcess[str]]) -> None:
-    iid = parse_table(glance("image-create", "--name", _name(), "--disk-format", "raw", "--container-format", "bare",
+    iid = parse_table(glance("image-create", "--name", unique("gc"), "--disk-format", "raw", "--container-format", "bare",
                              "--property", "gone=soon").stdout)["id"]
     props = parse_table(glance("image-update", iid, "--name", "renamed", "--property", "hw_disk_bus=scsi",
                                "--remove-property", "gone", "--min-disk", "2").stdout)
@@ -149,7 +146,7 @@ def test_cli_update_properties_and_tags(glance: Callable[..., subprocess.Complet
 def test_cli_share_with_another_project(glance: Callable[..., subprocess.CompletedProcess[str]], make_token: Callable[..., str], payload_file: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     owner, other = make_token(f"gc-owner-{tag}"), make_token(f"gc-other-{tag}")
-    iid = parse_table(glance("image-create", "--name", _name(), "--disk-format", "raw", "--container-format", "bare",
+    iid = parse_table(glance("image-create", "--name", unique("gc"), "--disk-format", "raw", "--container-format", "bare",
                              "--visibility", "shared", "--file", str(payload_file), token=owner).stdout)["id"]
     assert glance("image-show", iid, token=other, check=False).returncode != 0
     out = glance("member-create", iid, f"gc-other-{tag}", token=owner).stdout
@@ -165,7 +162,7 @@ def test_cli_share_with_another_project(glance: Callable[..., subprocess.Complet
 
 def test_cli_deactivate_reactivate(glance: Callable[..., subprocess.CompletedProcess[str]], make_token: Callable[..., str], payload_file: Path, tmp_path: Path) -> None:
     member = make_token(f"gc-deact-{uuid.uuid4().hex[:8]}")
-    iid = parse_table(glance("image-create", "--name", _name(), "--disk-format", "raw", "--container-format", "bare",
+    iid = parse_table(glance("image-create", "--name", unique("gc"), "--disk-format", "raw", "--container-format", "bare",
                              "--file", str(payload_file), token=member).stdout)["id"]
     glance("image-deactivate", iid)
     assert parse_table(glance("image-show", iid, token=member).stdout)["status"] == "deactivated"
@@ -207,7 +204,7 @@ def test_library_lifecycle(gclient: Callable[..., object], make_token: Callable[
 
     c = gclient()
     marker = uuid.uuid4().hex[:10]
-    image = c.images.create(name=_name(), disk_format="raw", container_format="bare", batch=marker)
+    image = c.images.create(name=unique("gc"), disk_format="raw", container_format="bare", batch=marker)
     assert image.status == "queued" and image.batch == marker
     c.images.upload(image.id, io.BytesIO(PAYLOAD), image_size=len(PAYLOAD))
     image = c.images.get(image.id)
@@ -215,7 +212,7 @@ def test_library_lifecycle(gclient: Callable[..., object], make_token: Callable[
     assert image.os_hash_value == hashlib.sha512(PAYLOAD).hexdigest()
     assert b"".join(c.images.data(image.id)) == PAYLOAD  # verified against os_hash_value by the client
 
-    second = c.images.create(name=_name(), disk_format="raw", container_format="bare", batch=marker)
+    second = c.images.create(name=unique("gc"), disk_format="raw", container_format="bare", batch=marker)
     found = list(c.images.list(filters={"batch": marker}, page_size=1))
     assert {i.id for i in found} == {image.id, second.id}
     assert len(list(c.images.list(filters={"batch": marker}, limit=1))) == 1
@@ -251,7 +248,7 @@ def test_library_sharing(gclient: Callable[..., object], make_token: Callable[..
     tag = uuid.uuid4().hex[:8]
     owner_project, other_project = f"lib-owner-{tag}", f"lib-other-{tag}"
     owner, other = gclient(make_token(owner_project)), gclient(make_token(other_project))
-    image = owner.images.create(name=_name(), disk_format="raw", container_format="bare", visibility="shared")
+    image = owner.images.create(name=unique("gc"), disk_format="raw", container_format="bare", visibility="shared")
     owner.images.upload(image.id, io.BytesIO(PAYLOAD))
     with pytest.raises(exc.HTTPNotFound):
         other.images.get(image.id)
@@ -275,7 +272,7 @@ def test_corrupt_store_bytes_never_reach_the_library_as_a_good_download(
     # Bytes of its own: chunks shared with another image would stay cached after the eviction.
     payload = os.urandom(len(PAYLOAD))
     c = gclient()
-    image = c.images.create(name=_name(), disk_format="raw", container_format="bare")
+    image = c.images.create(name=unique("gc"), disk_format="raw", container_format="bare")
     c.images.upload(image.id, io.BytesIO(payload))
     got = c.images.get(image.id)
     assert got.checksum == hashlib.md5(payload).hexdigest()

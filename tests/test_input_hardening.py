@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.server import ServerProcess
+from tests.helpers import is_json_error
 
 V21 = "application/openstack-images-v2.1-json-patch"
 V20 = "application/openstack-images-v2.0-json-patch"
@@ -27,14 +28,6 @@ def short(value: object) -> str:
     """A test id for a parameter that may be thousands of characters long."""
     text = str(value)
     return text if len(text) < 40 else f"{text[:12]}...{len(text)}chars"
-
-
-def is_json_error(r: httpx.Response, status: int) -> dict[str, object]:
-    assert r.status_code == status, r.text[:500]
-    assert r.headers["content-type"].startswith("application/json")
-    error: dict[str, object] = r.json()["error"]
-    assert error["code"] == status and error["title"] and error["message"]
-    return error
 
 
 def project_client(client_for: Callable[..., httpx.Client]) -> httpx.Client:

@@ -14,6 +14,7 @@ import pytest
 from openstack import exceptions
 
 from tests.server import ServerProcess
+from tests.helpers import unique
 
 PAYLOAD = os.urandom(200 * 1024 + 5)
 
@@ -31,13 +32,9 @@ def payload_file(tmp_path: Path) -> Path:
     return path
 
 
-def _name() -> str:
-    return f"sdk-{uuid.uuid4().hex[:10]}"
-
-
 def lifecycle(conn: "openstack.connection.Connection", payload_file: Path, tmp_path: Path) -> None:
     """create from a file, list, get, update, tag, download (verified), deactivate/reactivate, delete."""
-    name = _name()
+    name = unique("sdk")
     created = conn.image.create_image(
         name=name, filename=str(payload_file), disk_format="raw", container_format="bare", os_distro="debian"
     )
@@ -88,7 +85,7 @@ def test_noauth_lifecycle(server_factory: Callable[..., ServerProcess], payload_
 
 def test_cloud_layer_create_image_waits_for_active(server: ServerProcess, payload_file: Path) -> None:
     conn = connect_token(server.url, server.admin_token)
-    name = _name()
+    name = unique("sdk")
     image = conn.create_image(
         name, filename=str(payload_file), disk_format="raw", container_format="bare", wait=True, timeout=60
     )
@@ -101,7 +98,7 @@ def test_member_token_sees_own_images_only(server: ServerProcess, make_token: Ca
     tag = uuid.uuid4().hex[:8]
     a = connect_token(server.url, make_token(f"sdk-a-{tag}"))
     b = connect_token(server.url, make_token(f"sdk-b-{tag}"))
-    image = a.image.create_image(name=_name(), filename=str(payload_file), disk_format="raw", container_format="bare")
+    image = a.image.create_image(name=unique("sdk"), filename=str(payload_file), disk_format="raw", container_format="bare")
     assert image.id not in {i.id for i in b.image.images()}
     with pytest.raises(exceptions.NotFoundException):
         b.image.get_image(image.id)
@@ -126,7 +123,7 @@ def test_share_with_another_project_and_page(
     other = connect_token(server.url, make_token(other_project, "member"))
 
     image = owner.image.create_image(
-        name=_name(), filename=str(payload_file), disk_format="raw", container_format="bare", visibility="shared"
+        name=unique("sdk"), filename=str(payload_file), disk_format="raw", container_format="bare", visibility="shared"
     )
     with pytest.raises(exceptions.NotFoundException):
         other.image.get_image(image.id)
@@ -148,7 +145,7 @@ def test_share_with_another_project_and_page(
         other.image.get_image(image.id)
 
     # Paging: the SDK follows `next` links page by page; every image comes back once.
-    names = [owner.image.create_image(name=_name(), disk_format="raw", container_format="bare").name for _ in range(5)]
+    names = [owner.image.create_image(name=unique("sdk"), disk_format="raw", container_format="bare").name for _ in range(5)]
     listed = [i.name for i in owner.image.images(limit=2, owner=owner_project)]
     assert sorted(n for n in listed if n in names) == sorted(names)
     assert len(listed) == len(set(listed)) == 6

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.backend_contract import payload
 from tests.s3_fixtures import S3Server, start_rclone
 from tests.server import ServerProcess
 from tests.test_deletes import journal, wait_for
+from tests.helpers import drop_from_cache
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -146,10 +146,6 @@ def copy_to(api: httpx.Client, image_id: str, *stores: str) -> None:
     r = api.post(f"/v2/images/{image_id}/import", json={"method": {"name": "copy-image"}, "stores": list(stores)})
     assert r.status_code == 202, r.text
     assert wait_for(lambda: "os_glance_importing_to_stores" not in api.get(f"/v2/images/{image_id}").json())
-
-
-def drop_from_cache(api: httpx.Client, image_id: str) -> None:
-    assert api.delete(f"/v2/cache/{image_id}").status_code in (200, 204)
 
 
 def test_reads_fall_back_to_the_next_copy(stores: Stores) -> None:

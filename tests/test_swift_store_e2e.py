@@ -7,9 +7,8 @@ landed in the container (and to seed an image exactly as Glance's swift driver w
 from __future__ import annotations
 
 import io
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.backend_contract import payload
 from tests.server import ServerProcess, free_port
 from tests.swift_fixtures import new_container, swift_api, swift_server  # noqa: F401 - fixture
 from tests.test_backend_swift import names, seed_glance_dlo
+from tests.helpers import drop_from_cache, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -75,20 +75,6 @@ def upload(client: httpx.Client, data: bytes) -> str:
                           headers={"Content-Type": "application/octet-stream"})
     assert response.status_code == 204, response.text
     return image_id
-
-
-def drop_from_cache(client: httpx.Client, image_id: str) -> None:
-    """Evict the image's chunks, so the next read must come from Swift."""
-    assert client.delete(f"/v2/cache/{image_id}").status_code == 204
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_upload_download_delete(client: httpx.Client, api: httpx.Client, container: str) -> None:
