@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import cache_api, data, images, info, locations, members, versions
+from .api import cache_api, data, images, imports, info, locations, members, tasks, versions
 from .errors import ApiError, Unauthorized, error_response
 from .service import Service, open_service
 from .settings import Settings
@@ -129,6 +129,8 @@ def create_app(settings: Settings) -> Starlette:
         *data.routes,
         *locations.routes,
         *info.routes,
+        *imports.routes,
+        *tasks.routes,
         *cache_api.routes,
     ]
     app = Starlette(

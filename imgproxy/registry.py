@@ -165,6 +165,14 @@ class Registry:
         elif old is not None:
             txn.delete(old["id"].encode(), db=self._images)
 
+    def save(self, txn: lmdb.Transaction, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Write ``new`` over ``old`` (as loaded in ``txn``) inside the caller's write
+        transaction, indexes in step; sets ``updated_at``. Returns ``new``."""
+        new["id"], new["_created_us"] = old["id"], old["_created_us"]
+        new["updated_at"] = utc_now()[0]
+        self._write(txn, old, new)
+        return new
+
     # ---- reads ------------------------------------------------------------------------
 
     def get(self, image_id: str) -> dict[str, Any] | None:

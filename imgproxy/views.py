@@ -6,10 +6,13 @@ from typing import Any
 
 __all__ = ["image_view", "member_view"]
 
+_HIDDEN = frozenset({"os_glance_stage_host"})
+
 
 def image_view(record: dict[str, Any]) -> dict[str, Any]:
     """The image JSON of Glance's API: every public field (nulls included) plus links."""
-    view = {k: v for k, v in record.items() if not k.startswith("_")}
+    # Glance hides where glance-direct's data is staged (os_glance_stage_host).
+    view = {k: v for k, v in record.items() if not k.startswith("_") and k not in _HIDDEN}
     image_id = record["id"]
     view["self"] = f"/v2/images/{image_id}"
     view["file"] = f"/v2/images/{image_id}/file"

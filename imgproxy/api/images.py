@@ -25,8 +25,13 @@ __all__ = ["routes"]
 
 
 async def create_image(request: Request) -> Response:
-    record = await service_of(request).images.records.create(caller(request), json_body(request))
-    return json_response(image_view(record), 201, {"Location": f"/v2/images/{record['id']}"})
+    service = service_of(request)
+    record = await service.images.records.create(caller(request), json_body(request))
+    headers = {"Location": f"/v2/images/{record['id']}"}
+    methods = service.settings.enabled_import_methods
+    if methods:  # Glance sends it only when import is on (no empty header fields)
+        headers["OpenStack-image-import-methods"] = ",".join(methods)
+    return json_response(image_view(record), 201, headers)
 
 
 def _page_link(params: list[tuple[str, str]], marker: str | None) -> str:

@@ -11,18 +11,19 @@ from starlette.routing import BaseRoute, Route
 
 from .. import schemas
 from .common import json_response, service_of
+from .tasks import task_schema, tasks_schema
 
 __all__ = ["routes"]
 
 
 async def import_info(request: Request) -> Response:
-    # No interoperable import: images are created and then uploaded with PUT /file.
+    """The import methods this service offers (setting ``enabled_import_methods``)."""
     return json_response(
         {
             "import-methods": {
                 "description": "Import methods available.",
                 "type": "array",
-                "value": [],
+                "value": list(service_of(request).settings.enabled_import_methods),
             }
         }
     )
@@ -57,6 +58,8 @@ routes: list[BaseRoute] = [
     _schema_route("/v2/schemas/images", schemas.images_schema),
     _schema_route("/v2/schemas/member", schemas.member_schema),
     _schema_route("/v2/schemas/members", schemas.members_schema),
+    _schema_route("/v2/schemas/task", task_schema),
+    _schema_route("/v2/schemas/tasks", tasks_schema),
     _schema_route("/v2/schemas/metadefs/namespace", schemas.namespace_schema),
     _schema_route("/v2/schemas/metadefs/resource_type", schemas.resource_type_schema),
 ]

@@ -14,6 +14,7 @@ from .cache_admin import CLEAR_TARGETS, CacheAdmin
 from .deletes import Deletes
 from .downloads import Download, Downloads
 from .errors import ImageDataError
+from .imports import Imports
 from .locations import ImageLocations
 from .members import ImageMembers
 from .records import BodyReader, ImageRecords
@@ -33,6 +34,7 @@ __all__ = [
     "ImageLocations",
     "ImageMembers",
     "ImageRecords",
+    "Imports",
     "Images",
     "Uploads",
 ]
@@ -49,3 +51,4 @@ class Images:
         self.downloads = Downloads(service)
         self.locations = ImageLocations(service)
         self.cache = CacheAdmin(service)
+        self.imports = Imports(service)

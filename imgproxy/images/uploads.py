@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from anyio import CancelScope
@@ -28,7 +30,7 @@ from .errors import store_error
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["Uploads"]
+__all__ = ["Uploads", "StoredData", "store_data"]
 
 log = logging.getLogger("imgproxy.data")
 
@@ -102,6 +104,39 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
     return size
 
 
+@dataclass(frozen=True, slots=True)
+class StoredData:
+    """Image data a store committed: its size, its manifest (not yet recorded), its location."""
+
+    size: int
+    manifest: Manifest
+    location: str
+
+
+async def store_data(service: "Service", image_id: str, body: AsyncIterator[bytes], store: WriteBackend, cap: int,
+                     declared: int | None) -> StoredData:
+    """Stream ``body`` once into ``store`` and the cache (which hashes it), then commit both.
+
+    Raises PayloadTooLarge past ``cap``, BadRequest when ``declared`` is given and the body
+    differs, BackendError from the store, and whatever ``body`` raises. On any failure (and
+    cancellation) nothing is kept: the store's writer and the cache's ingest are aborted.
+    """
+    writer = await store.open_writer(image_id)
+    ingest = service.cache.open_ingest(image_id)
+    try:
+        size = await _receive_into(body, writer, ingest, cap)
+        if declared is not None and size != declared:
+            raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+        manifest = await ingest.finish()
+        location = await writer.commit()
+    except BaseException:
+        with CancelScope(shield=True):
+            await ingest.abort()
+            await writer.abort()
+        raise
+    return StoredData(size, manifest, location)
+
+
 # Seconds a client refused for too many uploads is told to wait.
 RETRY_AFTER = 5
 
@@ -140,7 +175,15 @@ class Uploads:
         cap = service.settings.image_size_cap
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
-        limit = service.settings.max_uploads
+        async with self.slot():
+            await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
+            await self._store_body(body, store, image_id, cap, declared)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``max_uploads`` receiving slots (uploads and glance-direct stages);
+        ServiceUnavailable (503, Retry-After) when all are taken."""
+        limit = self._s.settings.max_uploads
         if self.active >= limit:
             raise ServiceUnavailable(
                 f"This server is receiving {limit} uploads already; retry in a few seconds.",
@@ -148,8 +191,7 @@ class Uploads:
             )
         self.active += 1
         try:
-            await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
-            await self._store_body(body, store, image_id, cap, declared)
+            yield
         finally:
             self.active -= 1
 
@@ -159,29 +201,15 @@ class Uploads:
     async def _store_body(self, body: AsyncIterator[bytes], store: WriteBackend, image_id: str, cap: int,
                           declared: int | None) -> None:
         """Write the body, commit, activate."""
-        service = self._s
         try:
-            writer = await store.open_writer(image_id)
-        except BackendError as exc:
-            await self._fail(image_id)
-            raise store_error(exc, "store the image data") from exc
-        ingest = service.cache.open_ingest(image_id)
-        try:
-            size = await _receive_into(body, writer, ingest, cap)
-            if declared is not None and size != declared:
-                raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
-            manifest = await ingest.finish()
-            location = await writer.commit()
+            stored = await store_data(self._s, image_id, body, store, cap, declared)
         except BaseException as exc:
-            # Whatever ended the upload (client gone, cap, store, cancellation), nothing stays.
             with CancelScope(shield=True):
-                await ingest.abort()
-                await writer.abort()
                 await self._fail(image_id)
             if isinstance(exc, BackendError):
                 raise store_error(exc, "store the image data") from exc
             raise
-        await self._activate(store, image_id, size, manifest, location)
+        await self._activate(store, image_id, stored.size, stored.manifest, stored.location)
 
     async def _activate(self, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
                         location: str) -> None:
