@@ -310,3 +310,28 @@ def test_glance_download_from_another_imgproxy(server_factory: Callable[..., Ser
         task, image = wait_task(dst, other)
         assert task["status"] == "failure" and "should be active" in task["message"]
         assert image["status"] == "queued" and image["disk_format"] == "raw"
+
+
+# ---- copy-image ----------------------------------------------------------------------------
+
+
+def test_copy_image_rules(importer: ServerProcess, admin_client: httpx.Client,
+                          member: Callable[..., httpx.Client]) -> None:
+    owner = member("copy-project")
+    image_id = new_image(owner)
+    assert owner.put(f"/v2/images/{image_id}/file", content=DATA, headers=OCTETS).status_code == 204
+    assert start_import(owner, image_id, "copy-image", stores=["file"]).status_code == 403  # admins only
+    r = start_import(admin_client, image_id, "copy-image", stores=["file"])
+    assert r.status_code == 400 and "already present at store 'file'" in r.json()["error"]["message"]
+    # Every store holds it already: nothing to do, no task.
+    assert start_import(admin_client, image_id, "copy-image", all_stores=True).status_code == 202
+    assert owner.get(f"/v2/images/{image_id}/tasks").json()["tasks"] == []
+    assert owner.get(f"/v2/images/{image_id}").json()["status"] == "active"
+
+
+def test_deleting_a_staged_image_removes_its_staged_data(importer: ServerProcess, admin_client: httpx.Client) -> None:
+    image_id = new_image(admin_client)
+    assert stage(admin_client, image_id, DATA).status_code == 204
+    assert (importer.data_dir / "staging" / image_id).exists()
+    assert admin_client.delete(f"/v2/images/{image_id}").status_code == 204
+    assert not (importer.data_dir / "staging" / image_id).exists()

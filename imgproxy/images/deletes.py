@@ -10,6 +10,7 @@ crash or a failing store leaves the entry, and the next run finishes the work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,8 @@ class Deletes:
         # Gone from the cache before the answer (readers see it at once); the reaper does
         # it again (idempotent) if a crash comes first.
         await self._s.writer.run(self._s.cache.forget_image, image_id)
+        # Data glance-direct staged for it (the cleaner's sweep would find it later).
+        await asyncio.to_thread(self._s.images.imports.staging.remove, image_id)
         self._s.spawn(self.reap(image_id), f"imgproxy-reap-{image_id}")
 
     async def reap(self, image_id: str | None = None) -> int:

@@ -73,6 +73,9 @@ class ImportRunner:
         self._s = service
         self._i = imports
         self._running: dict[str, asyncio.Event] = {}
+        # Imports one process runs at once (each holds a store writer, an ingest and a few
+        # chunks of memory); more wait, their tasks ``pending``, for a slot.
+        self._slots = asyncio.Semaphore(service.settings.max_uploads)
 
     def start(self, task: dict[str, Any], token: str | None) -> None:
         done = self._running[task["id"]] = asyncio.Event()
@@ -100,12 +103,13 @@ class ImportRunner:
         written: list[tuple[WriteBackend, str]] = []  # this run's data, removed if it fails
         revert: dict[str, Any] = {}
         try:
-            await write(imports.records.processing, task_id)
-            source = await self._source(image_id, task_id, method, request, token)
-            revert = source.revert
-            await self._to_stores(image_id, task_id, method, stores, source, written,
-                                  must=bool(request.get("all_stores_must_succeed", True)))
-            await write(imports.records.succeed, image_id, task_id)
+            async with self._slots:
+                await write(imports.records.processing, task_id)
+                source = await self._source(image_id, task_id, method, request, token)
+                revert = source.revert
+                await self._to_stores(image_id, task_id, method, stores, source, written,
+                                      must=bool(request.get("all_stores_must_succeed", True)))
+                await write(imports.records.succeed, image_id, task_id)
             log.info("import %s of image %s (%s) succeeded", task_id, image_id, method)
         except asyncio.CancelledError:
             with CancelScope(shield=True):
