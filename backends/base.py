@@ -127,6 +127,10 @@ class Writer(Protocol):
 class WriteBackend(ReadBackend, Protocol):
     """A store that can also be written and deleted from."""
 
+    def location_for(self, image_id: str) -> str:
+        """The URL :meth:`open_writer`'s commit gives ``image_id``'s data (whether or not it exists)."""
+        ...
+
     async def open_writer(self, image_id: str) -> Writer:
         """Start writing the data of ``image_id``; the caller must commit or abort."""
         ...

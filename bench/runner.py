@@ -57,6 +57,8 @@ class Profile:
     herd_rate: int = 32 * MiB
     meta_step_seconds: float = 10.0  # a cap per show/list step: a slow call must not eat the run
     stores_image_size: int = 64 * MiB
+    edge_nodes: int = 16
+    edge_image_size: int = 32 * MiB
 
     @classmethod
     def make(cls, quick: bool) -> "Profile":
@@ -74,7 +76,7 @@ class Profile:
             range_count=32, upload_sizes=(1024 * MiB, 4096 * MiB), meta_creates=100_000, meta_creates_glance=1000,
             meta_requests=1000, growth_images=200, growth_image_size=16 * MiB, growth_cache_max=1024 * MiB,
             cached_size=1024 * MiB, herd_image_size=1024 * MiB, herd_rate=100 * MiB,
-            meta_step_seconds=20.0, stores_image_size=1024 * MiB,
+            meta_step_seconds=20.0, stores_image_size=1024 * MiB, edge_nodes=64, edge_image_size=256 * MiB,
         )
 
 

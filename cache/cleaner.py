@@ -8,7 +8,10 @@
   digest matches (a fill or ingest that died before its index batch was flushed),
   removed otherwise;
 - an index entry whose file is gone is marked absent;
-- the ``total``/``count`` counters are recomputed.
+- the ``total``/``count`` counters are recomputed;
+- reader slots of dead processes are cleared from the LMDB lock table: a worker killed
+  inside a read transaction otherwise keeps its slot, and the pages that reader saw can
+  never be reused (the file grows with every write until the slots run out).
 Every step is safe while other processes use the cache.
 
 :func:`audit` re-hashes present chunks at a bounded rate, resuming where the last run
@@ -18,6 +21,7 @@ stopped, and drops corrupt ones (they are refilled from the store when next read
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -29,6 +33,7 @@ from .chunks import ChunkStore, address_of
 from .errors import CorruptChunk
 from .fill import try_lock, unlock
 from .index import ChunkIndex, now_us
+from .txn import Write
 
 __all__ = ["CleanResult", "AuditResult", "clean", "audit"]
 
@@ -44,6 +49,7 @@ class CleanResult:
     adopted: int = 0
     orphans_removed: int = 0
     missing: int = 0
+    stale_readers: int = 0  # LMDB reader slots of dead processes, cleared
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,15 @@ def _verify_file(path: str) -> tuple[bytes, int] | None:
     return address_of(data), len(data)
 
 
-def clean(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, *, stale_age: float) -> CleanResult:
-    """Reconcile the cache directory and the index. Sync and blocking: run it in a thread."""
+def _adopt(index: ChunkIndex, verdicts: list[tuple[bytes, int]], txn: lmdb.Transaction) -> int:
+    return sum(index.mark_present(txn, address, size, now_us()) for address, size in verdicts)
+
+
+def clean(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, *, stale_age: float,
+          write: Write) -> CleanResult:
+    """Reconcile the cache directory and the index. Sync and blocking: run it in a thread
+    (it scans and hashes there; its writes go through ``write``)."""
+    stale_readers = env.reader_check()
     temp = _sweep_temp(store, stale_age)
     fills = _sweep_fills(store)
     adopted = removed = missing = 0
@@ -134,34 +147,36 @@ def clean(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, *, stale_
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 removed += 1
-        with env.begin(write=True) as txn:
-            for address, size in verdicts:
-                if index.mark_present(txn, address, size, now_us()):
-                    adopted += 1
-    with env.begin(write=True) as txn:
-        total = count = 0
+        adopted += write(functools.partial(_adopt, index, verdicts))
+
+    def recount(txn: lmdb.Transaction) -> int:
+        gone = total = count = 0
         for address, rec in list(index.records(txn)):
             if not rec.present:
                 continue
             if address not in on_disk and not store.exists(address):
                 index.mark_absent(txn, address)
-                missing += 1
+                gone += 1
                 continue
             total += rec.size
             count += 1
         index.set_meta(txn, "total", total)
         index.set_meta(txn, "count", count)
-    result = CleanResult(temp, fills, adopted, removed, missing)
-    if any((temp, fills, adopted, removed, missing)):
+        return gone
+
+    missing = write(recount)
+    result = CleanResult(temp, fills, adopted, removed, missing, stale_readers)
+    if any((temp, fills, adopted, removed, missing, stale_readers)):
         log.info("cache clean: %s", result)
     return result
 
 
 def audit(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, *, start: bytes, max_bytes: int,
-          bytes_per_second: int) -> tuple[AuditResult, bytes]:
+          bytes_per_second: int, write: Write) -> tuple[AuditResult, bytes]:
     """Re-hash present chunks from address ``start`` on, at most ``max_bytes`` of them, at
     ``bytes_per_second`` (0: unlimited). Return the result and where the next run starts
-    (``b""`` after a full pass). Sync and blocking: run it in a thread.
+    (``b""`` after a full pass). Sync and blocking: run it in a thread (its writes go
+    through ``write``).
     """
     todo: list[tuple[bytes, int]] = []
     planned = 0
@@ -179,23 +194,29 @@ def audit(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, *, start:
     began = time.monotonic()
     for address, size in todo:
         try:
-            data = store.load(address, size)
+            fd = store.open_verified(address, size)
         except CorruptChunk:
             log.error("audit: chunk %s is corrupt; dropped", address.hex())
             corrupt += 1
             bad.append(address)
-            data = b""
-        if data is None:
-            missing += 1
-            bad.append(address)
+        except OSError as exc:
+            log.error("audit: cannot read chunk %s (%s)", address.hex(), exc)
             continue
+        else:
+            if fd is None:
+                missing += 1
+                bad.append(address)
+                continue
+            os.close(fd)
         checked += size
         if bytes_per_second > 0:
             ahead = checked / bytes_per_second - (time.monotonic() - began)
             if ahead > 0:
                 time.sleep(ahead)
     if bad:
-        with env.begin(write=True) as txn:
+        def drop(txn: lmdb.Transaction) -> None:
             for address in bad:
                 index.mark_absent(txn, address)
+
+        write(drop)
     return AuditResult(len(todo), checked, corrupt, missing), next_start

@@ -7,13 +7,23 @@ it reads upstream to ``fills/<key>.part``. A process that cannot take the lock t
 ``.part`` file (polling its size) into its own :class:`Fill` until the lock is free, then
 takes the lock itself and finishes from the final chunk file, or, if the owner failed,
 fetches the rest from the store. So N readers in any number of processes cause one
-upstream read of each byte, and all of them stream bytes as they arrive.
+upstream read of each byte, and all of them stream bytes as they arrive. If the owner
+makes no progress for ``stall_timeout`` (it wedged, holding the lock), the tailer reads
+the rest from the store itself and serves it without caching.
 
-A fill runs as a task owned by the cache, not by a reader: it goes on when the reader
-that started it goes away. Upstream failures are retried with a ranged read from where
-the fill stopped (``retries`` consecutive failures without progress); after that every
-waiter gets :class:`UpstreamFailed`. If the cache cannot store the chunk (full, disk
-error) the fill still streams to its waiters, it just keeps nothing.
+A published chunk file never changes. The owner creates the ``.part`` file afresh
+(``O_EXCL``, after removing any leftover: a crash between publishing a ``.part`` by
+``link`` and removing its name leaves a ``.part`` that *is* a published chunk), writes
+it, fsyncs it and links it into ``chunks/``; nothing ever opens an existing fill file
+for writing.
+
+A fill runs as a task owned by the cache, not by a reader: a fill some reader demanded
+goes on when that reader goes away (see :mod:`cache.fill_buffer` for read-ahead).
+Upstream failures are retried with a ranged read from where the fill stopped
+(``retries`` consecutive failures without progress); after that every waiter gets
+:class:`UpstreamFailed`. If the cache cannot store the chunk (full, disk error) the
+fill still streams to its waiters, it just keeps nothing. Disk reads, writes and
+hashing run on worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -25,118 +35,27 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend
+from backends.base import BackendError, BackendNotFound, ByteRange
 from backends.direct_io import write_all
 
 from .chunks import ChunkStore, WriteOutcome, address_of
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
+from .fill_buffer import Fill, FillSpec
 from .index import PendingWrites
 from .manifest import ADDRESS_SIZE
 
-__all__ = ["Fill", "FillSpec", "FillRunner", "try_lock", "unlock"]
+__all__ = ["Fill", "FillSpec", "FillRunner", "run_for_fd", "try_lock", "unlock"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("imgproxy.cache")
 
 TAIL_POLL = 0.005  # seconds between looks at another process's .part file
-
-
-@dataclass(frozen=True)
-class FillSpec:
-    """What to fill: chunk ``index`` of ``image_id`` (``span`` in the image) from ``source``."""
-
-    key: str
-    image_id: str
-    index: int
-    address: bytes | None
-    span: ByteRange
-    source: ReadBackend
-    location: str
-    cacheable: bool = True
-
-
-class Fill:
-    """The bytes of one chunk as they arrive, for any number of in-process waiters.
-
-    Driven by one task (:class:`FillRunner`); all methods run on the event loop. The
-    chunk's buffer is allocated whole and only ever appended to, so waiters are handed
-    read-only views of it instead of copies (16 waiters on one fill would otherwise copy
-    every byte 16 times on the event loop).
-    """
-
-    def __init__(self, spec: FillSpec) -> None:
-        self.spec = spec
-        self._buf = bytearray(spec.span.length)
-        self._view = memoryview(self._buf)
-        self.filled = 0  # bytes in so far
-        self.done = False
-        self.verified = False  # all bytes in and matching the known address
-        self.error: BaseException | None = None
-        self._event = asyncio.Event()
-
-    @property
-    def length(self) -> int:
-        return self.spec.span.length
-
-    def _notify(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    @property
-    def got(self) -> memoryview:
-        """The bytes in so far (read-only)."""
-        return self._view[:self.filled].toreadonly()
-
-    def append(self, data: bytes | memoryview) -> None:
-        end = self.filled + len(data)
-        if end > self.length:
-            raise ValueError(f"fill of {self.spec.key}: {end} bytes for a chunk of {self.length}")
-        self._view[self.filled:end] = data
-        self.filled = end
-        self._notify()
-
-    def mark_verified(self) -> None:
-        self.verified = True
-        self._notify()
-
-    def finish(self) -> None:
-        self.done = self.verified = True
-        self._notify()
-
-    def fail(self, exc: BaseException) -> None:
-        self.error = exc
-        self._notify()
-
-    async def stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
-        """Yield bytes ``start``..``end`` of the chunk as they arrive (pieces <= PIECE_SIZE).
-
-        Raises the fill's error if it fails before ``end`` is reached. When the chunk's
-        address is known, the last byte is held back until the whole chunk is verified,
-        so bytes that do not match the manifest never make a complete response.
-        """
-        pos = start
-        while pos < end:
-            avail = min(self.filled, end)
-            if avail == end and not self.verified and self.spec.address is not None:
-                avail = end - 1
-            if pos < avail:
-                stop = min(avail, pos + PIECE_SIZE)
-                piece = self._view[pos:stop].toreadonly()
-                pos = stop
-                yield piece
-                continue
-            if self.error is not None:
-                raise self.error
-            if self.done:
-                raise CacheError(f"fill of {self.spec.key} ended short", image_id=self.spec.image_id,
-                                 offset=self.spec.span.start + pos)
-            await self._event.wait()
-            if self.error is not None and not self.verified:
-                raise self.error
 
 
 def try_lock(path: Path) -> int | None:
@@ -168,14 +87,44 @@ def unlock(path: Path, fd: int) -> None:
     os.close(fd)
 
 
-class FillRunner:
-    """Runs fills for one :class:`ImageCache`: the owner/tailer protocol above."""
+async def run_owned(executor: Executor, undo: Callable[[T], None], fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on ``executor``, for a result that holds something (a descriptor, a
+    reservation). If the caller is cancelled meanwhile, ``undo(result)`` runs when ``fn``
+    returns: the thread cannot be stopped, and nobody else would give the thing back."""
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        def settle(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                undo(done.result())
 
-    def __init__(self, store: ChunkStore, pending: PendingWrites, executor: Executor, *,
+        future.add_done_callback(settle)
+        raise
+
+
+async def run_for_fd(executor: Executor, fn: Callable[..., int | None], *args: Any) -> int | None:
+    """``fn(*args)`` on ``executor``: a descriptor it opened (closed if the caller is cancelled), or ``None``."""
+    return await run_owned(executor, _close, fn, *args)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+class FillRunner:
+    """Runs fills for one :class:`ImageCache`: the owner/tailer protocol above.
+
+    ``executor`` takes the fills' disk I/O; ``verifier`` their hashing and chunk loads.
+    """
+
+    def __init__(self, store: ChunkStore, pending: PendingWrites, executor: Executor, verifier: Executor, *,
                  retries: int, stall_timeout: float, reserve: Callable[[int], bool]) -> None:
         self.store = store
         self.pending = pending
         self.executor = executor
+        self.verifier = verifier
         self.retries = retries
         self.stall_timeout = stall_timeout
         self.reserve = reserve  # room for a chunk; released with pending.release
@@ -189,27 +138,33 @@ class FillRunner:
             log.warning("cache is full (and the pruner has nothing to evict): serving from the store "
                         "without caching")
 
-    async def _io(self, fn: Callable[..., object], *args: object) -> object:
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self, fill: Fill) -> None:
-        """Drive ``fill`` to done or failed. Never raises (waiters see the error)."""
+        """Drive ``fill`` to done or failed. Never raises but CancelledError (waiters see the error)."""
         spec = fill.spec
         reserved = False
+
+        def unreserve(got: bool) -> None:
+            if got:
+                self.pending.release(fill.length)
+
         try:
             # On a worker thread: reserving may evict when the cache is full.
-            reserved = spec.cacheable and bool(await self._io(self.reserve, fill.length))
+            reserved = spec.cacheable and await run_owned(self.executor, unreserve, self.reserve, fill.length)
             if not reserved:
                 if spec.cacheable:
                     self._log_full()
                 await self._fetch(fill, None)
-                self._check_address(fill)
+                await self._check_address(fill)
                 self.pending.count("uncached_fills")
             else:
                 await self._run_locked(fill)
             fill.finish()
         except asyncio.CancelledError:
-            fill.fail(CacheError("cache is closing", image_id=spec.image_id, offset=spec.span.start))
+            fill.fail(CacheError("fill stopped (the cache is closing, or nobody waits for it)",
+                                 image_id=spec.image_id, offset=spec.span.start))
             raise
         except Exception as exc:
             error = exc
@@ -227,13 +182,15 @@ class FillRunner:
         lock_path = self.store.fills_dir / f"{fill.spec.key}.lock"
         part_path = self.store.fills_dir / f"{fill.spec.key}.part"
         tailing = False
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time()
         while True:
             try:
                 fd = try_lock(lock_path)
             except OSError as exc:
                 log.error("cannot lock %s (%s); serving from the store without caching", lock_path, exc)
                 await self._fetch(fill, None)
-                self._check_address(fill)
+                await self._check_address(fill)
                 return
             if fd is not None:
                 try:
@@ -246,31 +203,34 @@ class FillRunner:
             if not tailing:
                 tailing = True
                 self.pending.count("coalesced_waiters")
-            self._tail(fill, part_path)
+            before = fill.filled
+            data = await self._io(_read_part, part_path, fill.filled, fill.length - fill.filled)
+            if data:
+                fill.append(data)
+            if fill.filled > before:
+                progress_at = loop.time()
+            elif loop.time() - progress_at >= self.stall_timeout:
+                # The owner holds the lock but makes no progress (wedged, or stopped):
+                # we cannot take its lock, so we read the rest ourselves and keep nothing.
+                log.warning("fill of chunk %d of image %s: its owner made no progress for %.1f s; "
+                            "reading from the store without caching", fill.spec.index, fill.spec.image_id,
+                            self.stall_timeout)
+                self.pending.count("tail_stalls")
+                await self._fetch(fill, None)
+                await self._check_address(fill)
+                return
             await asyncio.sleep(TAIL_POLL)
-
-    def _tail(self, fill: Fill, part_path: Path) -> None:
-        # Sync on the loop: the .part file was just written, so it is in the page cache.
-        try:
-            fd = os.open(part_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            data = os.pread(fd, fill.length - fill.filled, fill.filled)
-        finally:
-            os.close(fd)
-        if data:
-            fill.append(data)
 
     async def _own(self, fill: Fill, part_path: Path) -> None:
         spec = fill.spec
         addr_path = part_path.with_suffix(".addr")
         # An address learned by another process's fill of this chunk is only in its memory
         # until its next index flush; it leaves the address beside the lock for us.
-        known = spec.address if spec.address is not None else _read_address(addr_path)
+        known = spec.address if spec.address is not None else await self._io(_read_address, addr_path)
         if known is not None:
             try:
-                data = self.store.load(known, fill.length)
+                data = await asyncio.get_running_loop().run_in_executor(
+                    self.verifier, self.store.load, known, fill.length)
             except CacheError:
                 data = None
             if data is not None:  # another process finished it
@@ -278,11 +238,12 @@ class FillRunner:
                     raise UpstreamCorrupt("tailed bytes differ from the chunk", image_id=spec.image_id,
                                           offset=spec.span.start)
                 fill.append(memoryview(data)[fill.filled:])
+                fill.mark_stored(known)
                 self.pending.touch(known)
                 return
         part_fd: int | None
         try:
-            part_fd = os.open(part_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            part_fd = await run_owned(self.executor, _close, _create_part, part_path)
             if fill.filled:
                 await self._io(write_all, part_fd, fill.got)
         except OSError as exc:
@@ -290,7 +251,7 @@ class FillRunner:
             part_fd = None
         try:
             part_fd = await self._fetch(fill, part_fd)
-            address = self._check_address(fill)
+            address = await self._check_address(fill)
             fill.mark_verified()
             if part_fd is None:
                 return
@@ -320,7 +281,8 @@ class FillRunner:
             if spec.address is None:
                 self.pending.learn(spec.image_id, spec.index, address)
                 with contextlib.suppress(OSError):
-                    _write_address(addr_path, address)
+                    await self._io(_write_address, addr_path, address)
+            fill.mark_stored(address)
 
     def _publish(self, fd: int, part_path: Path, address: bytes, data: memoryview) -> WriteOutcome | None:
         try:
@@ -333,8 +295,8 @@ class FillRunner:
             log.error("cannot store chunk %s (%s); it stays uncached", address.hex(), exc)
             return None
 
-    def _check_address(self, fill: Fill) -> bytes:
-        address = address_of(fill.got)
+    async def _check_address(self, fill: Fill) -> bytes:
+        address = await asyncio.get_running_loop().run_in_executor(self.verifier, address_of, fill.got)
         if fill.spec.address is not None and address != fill.spec.address:
             raise UpstreamCorrupt(
                 f"store bytes of chunk {fill.spec.index} do not match the manifest",
@@ -387,6 +349,29 @@ class FillRunner:
                     with contextlib.suppress(Exception):
                         await aclose()
         return part_fd
+
+
+def _create_part(path: Path) -> int:
+    """A new, empty ``path`` open for writing (the caller holds the fill's lock).
+
+    A leftover of the same name is removed, never reused: it may be a published chunk
+    (a crash between ``link`` and ``unlink``) that must not change.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _read_part(path: Path, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes of another process's fill file from ``offset`` (b"" if none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
 
 
 def _read_address(path: Path) -> bytes | None:

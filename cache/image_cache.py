@@ -2,11 +2,16 @@
 
 One per worker process; several processes may share one cache directory and LMDB
 environment (fills are single-flight across them, see :mod:`cache.fill`). Runs on one
-event loop; blocking work goes to two bounded thread pools (``io``: fills, ingests;
-``bg``: index flushes and the loops), so a slow audit never delays a download.
+event loop; blocking work goes to bounded thread pools (``io``: fills, ingests;
+``verify``: verifying cached chunks; ``bg``: the loops' scans), so a slow audit never
+delays a download and a verification never waits behind fills.
 
 LMDB: named databases ``manifests``, ``chunks``, ``lru``, ``cache_meta``,
-``cache_images``, ``prefetch``. No write transaction is held across an ``await``.
+``cache_images``, ``prefetch``. Every write transaction runs on the process's
+:class:`~cache.txn.DbWriter` thread (begun with :func:`~cache.txn.write_txn`, which refuses
+the event loop). Methods that write come in pairs: ``x_async`` for the event loop, and
+the blocking ``x`` for worker threads and the CLI (it raises
+:class:`~cache.txn.LoopWriteError` on the event loop).
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
 from backends.base import ByteRange, ReadBackend
 
-from . import cleaner, pruner
+from . import cleaner, pruner, refs, report
+from .admission import Admission
 from .chunks import ChunkStore
 from .cleaner import AuditResult, CleanResult
 from .fill import FillRunner
@@ -35,10 +41,19 @@ from .manifest import Manifest, ManifestTable
 from .prefetch import PrefetchQueue, PrefetchResult, Resolver, prefetch_all
 from .pruner import PruneResult
 from .reader import Pins, Reader
+from .txn import DbWriter, write_txn
 
 __all__ = ["ImageCache", "PrefetchResult"]
 
 log = logging.getLogger("imgproxy.cache")
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+
+def _in_write_txn(env: lmdb.Environment, fn: Callable[[lmdb.Transaction], T]) -> T:
+    with write_txn(env) as txn:
+        return fn(txn)
 
 
 class ImageCache:
@@ -47,7 +62,12 @@ class ImageCache:
     def __init__(self, root: Path, env: lmdb.Environment, *, chunk_size: int, max_size: int,
                  high_watermark: float, low_watermark: float, upstream_retries: int,
                  audit_bytes_per_second: int, stale_temp_age: float, stall_timeout: float = 60.0,
-                 flush_interval: float = 1.0, io_threads: int = 4, readahead_chunks: int = 2) -> None:
+                 flush_interval: float = 1.0, io_threads: int = 4, readahead_chunks: int = 2,
+                 max_fills: int = 32, fill_memory: int = 96 * MiB, writer: DbWriter | None = None) -> None:
+        """``stall_timeout``: seconds without a byte before a store read (or a tailed fill of
+        another process) counts as stalled. ``max_fills``/``fill_memory``: fills in flight
+        and bytes of their buffers, at most (see :mod:`cache.admission`). ``writer``: the
+        process's LMDB writer thread, shared with the registry (one of its own if none)."""
         self.chunk_size = chunk_size
         self.max_size = max_size
         self.high_watermark = high_watermark
@@ -62,15 +82,19 @@ class ImageCache:
         self.queue = PrefetchQueue(env)
         self.pending = PendingWrites()
         self.pins = Pins()
+        self.writer = writer if writer is not None else DbWriter()
+        self._owns_writer = writer is None
+        self.admission = Admission(max_fills, fill_memory)
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="cache-io")
+        self._verify = ThreadPoolExecutor(2, thread_name_prefix="cache-verify")
         self._bg = ThreadPoolExecutor(2, thread_name_prefix="cache-bg")
-        self.runner = FillRunner(self.store, self.pending, self._io, retries=upstream_retries,
+        self.runner = FillRunner(self.store, self.pending, self._io, self._verify, retries=upstream_retries,
                                  stall_timeout=stall_timeout, reserve=self._reserve)
-        self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn,
-                             readahead=readahead_chunks)
+        self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn, verifier=self._verify,
+                             admission=self.admission, readahead=readahead_chunks)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_flush = time.monotonic()
-        self._flushing: asyncio.Future[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self._flush_lock = threading.Lock()
         self._pruning: asyncio.Task[PruneResult] | None = None
         self._prune_lock: asyncio.Lock | None = None
@@ -91,6 +115,10 @@ class ImageCache:
             log.error("cache task failed: %r", task.exception())
         if not self._closed:
             self._after_activity()
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """``fn(txn)`` in a write transaction on the writer thread; blocks (not on the loop)."""
+        return self.writer.call(lambda: _in_write_txn(self.env, fn))
 
     def _total(self) -> int:
         with self.env.begin() as txn:
@@ -116,7 +144,8 @@ class ImageCache:
         if self._try_reserve(size):
             return True
         low = int(self.low_watermark * self.max_size)
-        result = pruner.evict(self.env, self.index, self.store, self.pins.snapshot(), above=low, down_to=low)
+        result = pruner.evict(self.env, self.index, self.store, self.pins.snapshot(), above=low, down_to=low,
+                              write=self._write)
         if result.files:
             self.pending.count("evicted_chunks", result.files)
             self.pending.count("evicted_bytes", result.bytes)
@@ -126,9 +155,9 @@ class ImageCache:
         # Batch index writes: at most one flush per flush_interval, off the loop.
         if self._flushing is None and time.monotonic() - self._last_flush >= self.flush_interval:
             self._last_flush = time.monotonic()
-            fut = asyncio.get_running_loop().run_in_executor(self._bg, self.flush_access_times)
-            self._flushing = fut
-            fut.add_done_callback(lambda _: setattr(self, "_flushing", None))
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._flushing = task
+            task.add_done_callback(lambda _: setattr(self, "_flushing", None))
         if self._pruning is None and self._total() > self.high_watermark * self.max_size:
             self._pruning = self._spawn(self.prune())
             self._pruning.add_done_callback(lambda _: setattr(self, "_pruning", None))
@@ -148,58 +177,46 @@ class ImageCache:
 
         Chunks only the replaced manifest referenced are evicted.
         """
-        old = self.manifests.get(txn, image_id)
-        self.manifests.put(txn, image_id, manifest)
-        new = manifest.cacheable_addresses()
-        before = old.cacheable_addresses() if old is not None else set()
-        sizes = {a: manifest.chunk_range(i).length for i, a in enumerate(manifest.chunks) if a is not None}
-        self.index.incref(txn, ((a, sizes[a]) for a in new - before))
-        for address in self.index.decref(txn, before - new):
-            if self.index.mark_absent(txn, address):
-                self.store.remove(address)
+        for address in refs.record(txn, self.manifests, self.index, image_id, manifest):
+            self.store.remove(address)
 
     def put_manifest(self, image_id: str, manifest: Manifest) -> None:
-        """:meth:`record_manifest` in a transaction of its own."""
-        with self.env.begin(write=True) as txn:
-            self.record_manifest(txn, image_id, manifest)
+        """:meth:`record_manifest` in a transaction of its own. Blocking; not on the loop."""
+        self._write(lambda txn: self.record_manifest(txn, image_id, manifest))
+
+    async def put_manifest_async(self, image_id: str, manifest: Manifest) -> None:
+        await self.writer.run(self.put_manifest, image_id, manifest)
 
     def forget_image(self, image_id: str) -> None:
         """The image is gone: drop its manifest, queue entry and cache info, and the chunks
-        no other image references."""
+        no other image references. Blocking; not on the loop."""
         self.flush_access_times()  # addresses learned by fills must be decref'd too
         self.pending.forget_image(image_id)
-        removed = []
-        with self.env.begin(write=True) as txn:
-            old = self.manifests.delete(txn, image_id)
-            if old is not None:
-                for address in self.index.decref(txn, old.cacheable_addresses()):
-                    if self.index.mark_absent(txn, address):
-                        removed.append(address)
-            self.index.delete_image_info(txn, image_id)
+
+        def forget(txn: lmdb.Transaction) -> list[bytes]:
             self.queue.remove(image_id, txn)
-        for address in removed:
+            return refs.forget(txn, self.manifests, self.index, image_id)
+
+        for address in self._write(forget):
             self.store.remove(address)
+
+    async def forget_image_async(self, image_id: str) -> None:
+        await self.writer.run(self.forget_image, image_id)
 
     def evict_image(self, image_id: str) -> PruneResult:
         """Remove the image's cached chunks that no other image shares (Glance's
-        ``DELETE /v2/cache/{image_id}``). The manifest stays: later reads refill."""
-        files = freed = 0
+        ``DELETE /v2/cache/{image_id}``). The manifest stays: later reads refill.
+        Blocking; not on the loop."""
         pinned = self.pins.snapshot()
         self.flush_access_times()
-        removed = []
-        with self.env.begin(write=True) as txn:
-            manifest = self.manifests.get(txn, image_id)
-            if manifest is None:
-                return PruneResult()
-            for address in manifest.cacheable_addresses():
-                rec = self.index.get(txn, address)
-                if rec is not None and rec.present and rec.refs <= 1 and address not in pinned:
-                    freed += self.index.mark_absent(txn, address)
-                    removed.append(address)
-            self.index.delete_image_info(txn, image_id)
-        for address in removed:
-            files += self.store.remove(address)
-        return PruneResult(files, freed)
+        outcome = self._write(lambda txn: refs.evict_unshared(txn, self.manifests, self.index, image_id, pinned))
+        if outcome is None:
+            return PruneResult()
+        removed, freed = outcome
+        return PruneResult(sum(self.store.remove(address) for address in removed), freed)
+
+    async def evict_image_async(self, image_id: str) -> PruneResult:
+        return await self.writer.run(self.evict_image, image_id)
 
     # -- bytes in and out ---------------------------------------------------------
 
@@ -231,41 +248,26 @@ class ImageCache:
 
     def flush_access_times(self) -> None:
         """Write batched index changes (accesses, hits, new/dropped chunks, learned
-        addresses, stats) in one transaction. Sync; thread-safe. Returns after every
-        change made before the call is committed (flushes are serialized)."""
+        addresses, stats) in one transaction. Blocking (not on the loop); thread-safe.
+        Returns after every change made before the call is committed."""
+        self.writer.call(self._flush)
+
+    async def flush(self) -> None:
+        """:meth:`flush_access_times` off the loop."""
+        await self.writer.run(self._flush)
+
+    def _flush(self) -> None:
         with self._flush_lock:
             batch = self.pending.take()
             try:
-                with self.env.begin(write=True) as txn:
+                with write_txn(self.env) as txn:
                     self.index.apply(txn, batch)
-                    self._apply_learned(txn, batch.learned)
+                    refs.apply_learned(txn, self.manifests, self.index, batch.learned)
             except lmdb.Error as exc:
                 log.error("cannot write the cache index (%s); will retry", exc)
                 self.pending.give_back(batch)
             else:
                 self.pending.flushed(batch)
-
-    def _apply_learned(self, txn: lmdb.Transaction, learned: dict[tuple[str, int], bytes | None]) -> None:
-        by_image: dict[str, list[tuple[int, bytes | None]]] = {}
-        for (image_id, index), address in learned.items():
-            by_image.setdefault(image_id, []).append((index, address))
-        for image_id, items in by_image.items():
-            manifest = self.manifests.get(txn, image_id)
-            if manifest is None:
-                continue
-            before = manifest.cacheable_addresses()
-            for index, address in items:
-                if index >= len(manifest.chunks):
-                    continue
-                if address is None:
-                    manifest = manifest.with_collision(index)
-                elif manifest.chunks[index] is None:
-                    manifest = manifest.with_chunk(index, address)
-            after = manifest.cacheable_addresses()
-            self.manifests.put(txn, image_id, manifest)
-            sizes = {a: manifest.chunk_range(i).length for i, a in enumerate(manifest.chunks) if a is not None}
-            self.index.incref(txn, ((a, sizes[a]) for a in after - before))
-            self.index.decref(txn, before - after)
 
     async def prune(self) -> PruneResult:
         """If over the high watermark, evict LRU chunks down to the low watermark."""
@@ -275,10 +277,10 @@ class ImageCache:
         if self._prune_lock is None:
             self._prune_lock = asyncio.Lock()
         async with self._prune_lock:
-            await self._in_bg(self.flush_access_times)
+            await self.flush()
             result: PruneResult = await self._in_bg(
                 lambda: pruner.evict(self.env, self.index, self.store, self.pins.snapshot(),
-                                     above=above, down_to=down_to))
+                                     above=above, down_to=down_to, write=self._write))
             if result.files:
                 self.pending.count("evicted_chunks", result.files)
                 self.pending.count("evicted_bytes", result.bytes)
@@ -289,18 +291,18 @@ class ImageCache:
         result = await self._evict(-1, 0)
 
         def forget_hits() -> None:
-            with self.env.begin(write=True) as txn:
+            with write_txn(self.env) as txn:
                 txn.drop(self.index.images_db, delete=False)
 
-        await self._in_bg(forget_hits)
+        await self.writer.run(forget_hits)
         return result
 
     async def clean(self, *, stale_age: float | None = None) -> CleanResult:
         """Start-up recovery and the cleaner loop's run; see :func:`cache.cleaner.clean`."""
-        await self._in_bg(self.flush_access_times)
+        await self.flush()
         age = self.stale_temp_age if stale_age is None else stale_age
         result: CleanResult = await self._in_bg(
-            lambda: cleaner.clean(self.env, self.index, self.store, stale_age=age))
+            lambda: cleaner.clean(self.env, self.index, self.store, stale_age=age, write=self._write))
         return result
 
     async def audit(self, max_bytes: int | None = None) -> AuditResult:
@@ -308,81 +310,77 @@ class ImageCache:
         ``audit_bytes_per_second``; 0 rate = unlimited speed, default one full pass)."""
         rate = self.audit_bytes_per_second
         limit = max_bytes if max_bytes is not None else (rate * 60 if rate > 0 else 1 << 62)
-        await self._in_bg(self.flush_access_times)
+        await self.flush()
         result, self._audit_cursor = await self._in_bg(
             lambda: cleaner.audit(self.env, self.index, self.store, start=self._audit_cursor,
-                                  max_bytes=limit, bytes_per_second=rate))
+                                  max_bytes=limit, bytes_per_second=rate, write=self._write))
         self.pending.count("corrupt_chunks", result.corrupt)
         return result  # type: ignore[no-any-return]
 
     # -- prefetch -----------------------------------------------------------------
 
     def queue_prefetch(self, image_id: str) -> bool:
-        """Queue the image for the prefetcher; False if it was queued already."""
-        return self.queue.add(image_id)
+        """Queue the image for the prefetcher; False if it was queued already. Blocking."""
+        return self.writer.call(self.queue.add, image_id)
 
     def dequeue_prefetch(self, image_id: str) -> bool:
-        return self.queue.remove(image_id)
+        """Blocking; not on the loop."""
+        return self.writer.call(self.queue.remove, image_id)
 
     def queued(self) -> list[str]:
         """Queued image ids, oldest first."""
         return self.queue.items()
 
     def clear_queue(self) -> int:
-        return self.queue.clear()
+        """Blocking; not on the loop."""
+        return self.writer.call(self.queue.clear)
+
+    async def queue_prefetch_async(self, image_id: str) -> bool:
+        return await self.writer.run(self.queue.add, image_id)
+
+    async def dequeue_prefetch_async(self, image_id: str) -> bool:
+        return await self.writer.run(self.queue.remove, image_id)
+
+    async def clear_queue_async(self) -> int:
+        return await self.writer.run(self.queue.clear)
 
     async def prefetch_pending(self, resolve: Resolver, concurrency: int) -> PrefetchResult:
         """Fill every queued image, ``concurrency`` at a time. ``resolve(image_id)`` gives
         (manifest, source, location), or ``None`` if the image is gone (it is dequeued).
         A fully cached image leaves the queue; a failed one stays for the next run."""
-        return await prefetch_all(self.queue, self.read, resolve, concurrency)
+        async def dequeue(image_id: str) -> None:
+            await self.writer.run(self.queue.remove, image_id)
+
+        return await prefetch_all(self.queue.items(), dequeue, self.read, resolve, concurrency)
 
     # -- reporting ----------------------------------------------------------------
 
     def cached_images(self) -> list[dict[str, Any]]:
-        """Images with cached bytes: ``image_id``, ``hits``, ``last_accessed``,
-        ``last_modified`` (epoch seconds, 0 if never), ``size`` (cached bytes),
-        ``image_size``, ``complete`` (every chunk cached). Cost grows with the number
-        of manifests and chunks: for the admin API, not hot paths."""
+        """See :func:`cache.report.cached_images`. Cost grows with the number of manifests
+        and chunks: for the admin API, not hot paths. Blocking; not on the loop."""
         self.flush_access_times()
-        out = []
         with self.env.begin() as txn:
-            for image_id in self.manifests.image_ids(txn):
-                manifest = self.manifests.get(txn, image_id)
-                if manifest is None:
-                    continue
-                cached = 0
-                for i, address in enumerate(manifest.chunks):
-                    if address is None or i in manifest.collisions:
-                        continue
-                    rec = self.index.get(txn, address)
-                    if rec is not None and rec.present:
-                        cached += manifest.chunk_range(i).length
-                if cached == 0 and manifest.size > 0:
-                    continue
-                hits, access, modified = self.index.image_info(txn, image_id)
-                out.append({"image_id": image_id, "hits": hits, "last_accessed": access / 1e6,
-                            "last_modified": modified / 1e6, "size": cached, "image_size": manifest.size,
-                            "complete": cached == manifest.size})
-        return out
+            return report.cached_images(txn, self.manifests, self.index)
+
+    async def cached_images_async(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.cached_images)
 
     def stats(self) -> dict[str, int]:
-        """Cache-wide figures, summed over all processes sharing the cache: ``bytes_cached``,
-        ``chunks``, ``hits``, ``misses``, ``bytes_upstream``, ``bytes_served``,
-        ``coalesced_waiters``, ``fills``, ``fill_failures``, ``uncached_fills``,
-        ``upstream_retries``, ``corrupt_chunks``, ``collisions``, ``evicted_chunks``,
-        ``evicted_bytes``; plus this process's ``active_fills`` and ``queued``."""
+        """Cache-wide figures, summed over all processes sharing the cache (``bytes_cached``,
+        ``chunks`` and :data:`cache.report.COUNTERS`); plus this process's ``active_fills``,
+        ``fill_bytes`` (their buffers), ``waiting_fills`` (readers waiting for admission) and
+        ``queued``. Blocking; not on the loop."""
         self.flush_access_times()
-        names = ("hits", "misses", "bytes_upstream", "bytes_served", "coalesced_waiters", "fills",
-                 "fill_failures", "uncached_fills", "upstream_retries", "corrupt_chunks", "collisions",
-                 "evicted_chunks", "evicted_bytes")
         with self.env.begin() as txn:
-            out = {"bytes_cached": self.index.meta(txn, "total"), "chunks": self.index.meta(txn, "count")}
-            for name in names:
-                out[name] = self.index.meta(txn, f"stat:{name}")
+            out = report.counters(txn, self.index)
             out["queued"] = txn.stat(self.queue.db)["entries"]
         out["active_fills"] = self.reader.active_fills
+        out["fill_bytes"] = self.admission.bytes
+        out["waiting_fills"] = self.admission.waiting
         return out
+
+    async def stats_async(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.stats)
 
     async def wait_idle(self) -> None:
         """Wait until fills and loops started so far are done (readers may finish before
@@ -394,7 +392,9 @@ class ImageCache:
                 await self._flushing
 
     async def aclose(self) -> None:
-        """Stop fills (their waiters get :class:`CacheError`), flush, release threads."""
+        """Stop fills (their waiters get :class:`CacheError`), flush, release threads. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -405,6 +405,9 @@ class ImageCache:
         if self._flushing is not None:
             with contextlib.suppress(Exception):
                 await self._flushing
-        self.flush_access_times()
+        await self.flush()
         self._io.shutdown(wait=True)
+        self._verify.shutdown(wait=True)
         self._bg.shutdown(wait=True)
+        if self._owns_writer:
+            self.writer.close()

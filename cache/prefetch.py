@@ -20,6 +20,7 @@ from backends.base import ByteRange, ReadBackend
 from .errors import CacheError
 from .index import now_us
 from .manifest import Manifest
+from .txn import write_txn
 
 __all__ = ["PrefetchQueue", "PrefetchResult", "Resolver", "prefetch_all"]
 
@@ -39,7 +40,11 @@ _U64 = struct.Struct("<Q")
 
 
 class PrefetchQueue:
-    """Each method is one short transaction of its own (or the caller's ``txn``)."""
+    """Each method is one short transaction of its own (or the caller's ``txn``).
+
+    Writes (:meth:`add`, :meth:`remove`, :meth:`clear`) are blocking: call them on the
+    LMDB writer thread (see :mod:`cache.txn`), never on the event loop.
+    """
 
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
@@ -47,13 +52,13 @@ class PrefetchQueue:
 
     def add(self, image_id: str) -> bool:
         """Queue ``image_id``; return False if it was already queued."""
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             return bool(txn.put(image_id.encode(), _U64.pack(now_us()), db=self.db, overwrite=False))
 
     def remove(self, image_id: str, txn: lmdb.Transaction | None = None) -> bool:
         if txn is not None:
             return bool(txn.delete(image_id.encode(), db=self.db))
-        with self.env.begin(write=True) as own:
+        with write_txn(self.env) as own:
             return bool(own.delete(image_id.encode(), db=self.db))
 
     def items(self) -> list[str]:
@@ -63,15 +68,16 @@ class PrefetchQueue:
         return [image_id for _, image_id in sorted(rows)]
 
     def clear(self) -> int:
-        with self.env.begin(write=True) as txn:
+        with write_txn(self.env) as txn:
             n = txn.stat(self.db)["entries"]
             txn.drop(self.db, delete=False)
         return int(n)
 
 
-async def prefetch_all(queue: PrefetchQueue, read: Callable[..., AsyncIterator[Any]], resolve: Resolver,
-                       concurrency: int) -> PrefetchResult:
-    """Read every queued image through ``read`` (the cache's), ``concurrency`` at a time."""
+async def prefetch_all(image_ids: list[str], dequeue: Callable[[str], Awaitable[None]],
+                       read: Callable[..., AsyncIterator[Any]], resolve: Resolver, concurrency: int) -> PrefetchResult:
+    """Read every image of ``image_ids`` through ``read`` (the cache's), ``concurrency`` at a
+    time; ``dequeue`` (off the loop) those now cached or gone."""
     sem = asyncio.Semaphore(concurrency)
     counts = {"cached": 0, "failed": 0, "dropped": 0}
 
@@ -84,7 +90,7 @@ async def prefetch_all(queue: PrefetchQueue, read: Callable[..., AsyncIterator[A
                 counts["failed"] += 1
                 return
             if found is None:
-                queue.remove(image_id)
+                await dequeue(image_id)
                 counts["dropped"] += 1
                 return
             manifest, source, location = found
@@ -96,8 +102,8 @@ async def prefetch_all(queue: PrefetchQueue, read: Callable[..., AsyncIterator[A
                 log.error("prefetch of image %s failed: %s", image_id, exc)
                 counts["failed"] += 1
                 return
-            queue.remove(image_id)
+            await dequeue(image_id)
             counts["cached"] += 1
 
-    await asyncio.gather(*(one(i) for i in queue.items()))
+    await asyncio.gather(*(one(i) for i in image_ids))
     return PrefetchResult(**counts)

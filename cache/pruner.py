@@ -16,6 +16,7 @@ import lmdb
 
 from .chunks import ChunkStore
 from .index import ChunkIndex
+from .txn import Write
 
 __all__ = ["PruneResult", "evict"]
 
@@ -31,10 +32,11 @@ class PruneResult:
 
 
 def evict(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, pinned: frozenset[bytes], *,
-          above: int, down_to: int) -> PruneResult:
+          above: int, down_to: int, write: Write) -> PruneResult:
     """If more than ``above`` bytes are cached, evict LRU chunks until at most ``down_to`` remain.
 
-    Sync and blocking: run it in a worker thread. ``above=-1, down_to=0`` empties the cache.
+    Sync and blocking: run it in a worker thread (it scans there; its writes go through
+    ``write``). ``above=-1, down_to=0`` empties the cache.
     """
     with env.begin() as txn:
         total = index.meta(txn, "total")
@@ -56,16 +58,17 @@ def evict(env: lmdb.Environment, index: ChunkIndex, store: ChunkStore, pinned: f
                     break
         if not victims:
             break
+        def mark(txn: lmdb.Transaction) -> list[tuple[bytes, int]]:
+            # if_access: skip a chunk another process read since we looked.
+            return [(address, index.mark_absent(txn, address, if_access=access)) for access, address in victims]
+
         removed: list[bytes] = []
-        with env.begin(write=True) as txn:
-            for access, address in victims:
-                # if_access: skip a chunk another process read since we looked.
-                size = index.mark_absent(txn, address, if_access=access)
-                if size:
-                    freed += size
-                    removed.append(address)
-                else:
-                    skip.add(address)
+        for address, size in write(mark):
+            if size:
+                freed += size
+                removed.append(address)
+            else:
+                skip.add(address)
         for address in removed:
             if store.remove(address):
                 files += 1

@@ -1,15 +1,23 @@
 """The read path: cached chunks from disk, missing ones from single-flight fills.
 
-Cached chunks are verified whole (xxh3-128 through a read-only mapping, ~0.1 ms per
-4 MiB) and then sent as sync ``os.pread`` pieces of ``PIECE_SIZE`` on the event loop
-(fastest when in the page cache, see anchors/limits.md): a stream holds one piece, not
-one chunk, so 32 streams of 1 GiB fit in well under 200 MiB. The loop is yielded once
-per chunk so that one fast stream cannot starve the others. A corrupt chunk is dropped and
-refilled, never sent. While one chunk is being sent, the next one of the range is
-already being filled (``readahead`` chunks, 2 by default), so the upstream never idles
-between chunks, and a store that limits each connection's rate (S3, a throttled http
-server) is read over several: one cold client read 1 GiB behind 100 MiB/s per connection
-in 2.95 s with two chunks ahead, 3.9 s with one (bench herd, "alone"). A range read fills only the chunks it overlaps.
+Cached chunks are verified whole on a worker thread of their own (the verify pool, so a
+verification never queues behind fills' disk writes): reads into a small buffer feeding
+xxh3, ~1 ms per 4 MiB. Then the verified chunk, now in the page cache, is sent as sync
+``os.pread`` pieces of ``PIECE_SIZE`` on the event loop (fastest when in the page cache,
+see anchors/limits.md): a stream holds one piece, not one chunk, so 32 streams of 1 GiB
+fit in well under 200 MiB. The loop is yielded once per chunk so that one fast stream
+cannot starve the others. A corrupt chunk is dropped and refilled, never sent.
+
+While one chunk is being sent, the next ones of the range are already being filled
+(``readahead`` chunks, 2 by default), so the upstream never idles between chunks, and a
+store that limits each connection's rate (S3, a throttled http server) is read over
+several: one cold client read 1 GiB behind 100 MiB/s per connection in 2.95 s with two
+chunks ahead, 3.9 s with one (bench herd, "alone"). A range read fills only the chunks it
+overlaps.
+
+Fills are admitted (:class:`cache.admission.Admission`): the chunk a reader sends now
+waits for a grant; read-ahead starts only if a grant is free at once, and is dropped
+when its reader leaves (see :mod:`cache.fill_buffer`).
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ import os
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
 
 from backends.base import PIECE_SIZE, ByteRange, ReadBackend
 
+from .admission import Admission
 from .chunks import ChunkStore
 from .errors import CacheError, CorruptChunk
-from .fill import Fill, FillRunner, FillSpec
+from .fill import Fill, FillRunner, FillSpec, run_for_fd
 from .index import PendingWrites
 from .manifest import Manifest
 
@@ -65,15 +76,21 @@ class Pins:
 
 
 class Reader:
-    """Streams image bytes through the cache. Runs on one event loop."""
+    """Streams image bytes through the cache. Runs on one event loop.
+
+    ``verifier`` runs the verification of cached chunks; ``admission`` bounds fills.
+    """
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, runner: FillRunner, pins: Pins,
-                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], *, readahead: int = 2) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], *, verifier: Executor,
+                 admission: Admission, readahead: int = 2) -> None:
         self.store = store
         self.pending = pending
         self.runner = runner
         self.pins = pins
         self._spawn = spawn
+        self._verifier = verifier
+        self.admission = admission
         self._fills: dict[str, Fill] = {}
         self.readahead = readahead  # chunks filled ahead of the one being sent
 
@@ -93,34 +110,71 @@ class Reader:
             key = f"{'c' if cacheable else 'n'}{xxhash.xxh3_64_hexdigest(image_id.encode())}-{index}"
         return FillSpec(key, image_id, index, address, manifest.chunk_range(index), source, location, cacheable)
 
-    def fill(self, spec: FillSpec) -> Fill:
-        """The fill bringing ``spec``'s chunk: the one in flight, or a new one."""
+    # -- fills ------------------------------------------------------------------------
+
+    def _start(self, spec: FillSpec) -> Fill:
+        """A new fill of ``spec`` under a grant the caller took (given back with its buffer)."""
+        fill = Fill(spec, release=lambda: self.admission.release(spec.span.length))
+        self._fills[spec.key] = fill
+        self.pending.count("misses")
+        fill.task = self._spawn(self.runner.run(fill))
+
+        def ended(_: asyncio.Task[None]) -> None:
+            # A done callback, not a finally: a task cancelled before it ever ran runs no code.
+            if self._fills.get(spec.key) is fill:
+                del self._fills[spec.key]
+            fill.end()
+
+        fill.task.add_done_callback(ended)
+        return fill
+
+    def _join(self, spec: FillSpec, *, demand: bool) -> Fill | None:
         fill = self._fills.get(spec.key)
         if fill is not None:
             self.pending.count("coalesced_waiters")
-            return fill
-        fill = Fill(spec)
-        self._fills[spec.key] = fill
-        self.pending.count("misses")
-
-        async def run() -> None:
-            try:
-                await self.runner.run(fill)
-            finally:
-                if self._fills.get(spec.key) is fill:
-                    del self._fills[spec.key]
-
-        self._spawn(run())
+            fill.claim(demand=demand)
         return fill
 
-    def _open(self, address: bytes, length: int) -> int | None:
+    async def _demand(self, spec: FillSpec, ahead: dict[int, Fill]) -> Fill:
+        """The fill bringing ``spec``'s chunk, claimed for sending now; waits for a grant
+        if it must start one (after letting go of ``ahead``: a waiting reader holds nothing)."""
+        fill = self._join(spec, demand=True)
+        if fill is not None:
+            return fill
+        size = spec.span.length
+        if not self.admission.try_acquire(size):
+            _drop(ahead)
+            await self.admission.acquire(size)
+            fill = self._join(spec, demand=True)  # another reader started it meanwhile
+            if fill is not None:
+                self.admission.release(size)
+                return fill
+        fill = self._start(spec)
+        fill.claim(demand=True)
+        return fill
+
+    def _read_ahead(self, spec: FillSpec) -> Fill | None:
+        """The fill bringing ``spec``'s chunk, claimed as read-ahead; ``None`` if none runs and
+        no grant is free now (read-ahead never waits)."""
+        fill = self._join(spec, demand=False)
+        if fill is None and self.admission.try_acquire(spec.span.length):
+            fill = self._start(spec)
+            fill.claim(demand=False)
+        return fill
+
+    # -- cached chunks ------------------------------------------------------------------
+
+    async def _open(self, address: bytes, length: int) -> int | None:
         self.pins.add(address)
         try:
-            return self.store.open_verified(address, length)
+            return await run_for_fd(self._verifier, self.store.open_verified, address, length)
         except CorruptChunk:
             log.error("cached chunk %s is corrupt; dropped, refilling from the store", address.hex())
             self.pending.dropped(address)
             self.pending.count("corrupt_chunks")
+            return None
+        except OSError as exc:
+            log.error("cannot read cached chunk %s (%s); reading it from the store", address.hex(), exc)
             return None
         finally:
             self.pins.remove(address)
@@ -129,12 +183,22 @@ class Reader:
         address = self._address(image_id, manifest, index)
         return address is not None and index not in manifest.collisions and self.store.exists(address)
 
+    async def _open_cached(self, image_id: str, manifest: Manifest, index: int) -> tuple[int, bytes] | None:
+        address = self._address(image_id, manifest, index)
+        if address is None or index in manifest.collisions or self.pending.collides(image_id, index):
+            return None
+        fd = await self._open(address, manifest.chunk_range(index).length)
+        return None if fd is None else (fd, address)
+
+    # -- reading ------------------------------------------------------------------------
+
     async def read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
                    location: str, *, count_hit: bool = True) -> AsyncIterator[bytes | memoryview]:
         """Yield bytes ``byte_range`` of the image in pieces of at most ``PIECE_SIZE``.
 
         Raises :class:`CacheError` (mid-stream) if the bytes cannot be delivered. The
-        caller closes the iterator if it stops early; fills it started go on.
+        caller closes the iterator if it stops early; the fill of the chunk it was
+        sending goes on, its read-ahead is dropped.
         """
         if byte_range.end > manifest.size:
             raise ValueError(f"range {byte_range} is past the end of the image ({manifest.size} bytes)")
@@ -142,39 +206,113 @@ class Reader:
             return
         self.pending.hit(image_id, count_hit)
         cs = manifest.chunk_size
-        first, last = byte_range.start // cs, (byte_range.end - 1) // cs
-        ahead: dict[int, Fill] = {}
-        for index in range(first, last + 1):
-            span = manifest.chunk_range(index)
-            lo = max(byte_range.start, span.start) - span.start
-            hi = min(byte_range.end, span.end) - span.start
-            fill = ahead.pop(index, None)
-            for later in range(index + 1, min(last, index + self.readahead) + 1):
-                if later not in ahead and not self._cached(image_id, manifest, later):
-                    # Read-ahead: the next chunks' fills run while this one is sent.
-                    ahead[later] = self.fill(self._spec(image_id, manifest, later, source, location))
+        walk = _Walk(image_id, manifest, source, location, (byte_range.end - 1) // cs)
+        try:
+            for index in range(byte_range.start // cs, walk.last + 1):
+                span = manifest.chunk_range(index)
+                lo = max(byte_range.start, span.start) - span.start
+                hi = min(byte_range.end, span.end) - span.start
+                async for piece in self._chunk(walk, index, lo, hi):
+                    yield piece
+        finally:
+            walk.close()
+
+    def _ahead(self, walk: _Walk, index: int) -> None:
+        """Start (or join) the fills of the chunks after ``index``, while grants are free."""
+        for later in range(index + 1, min(walk.last, index + self.readahead) + 1):
+            if later in walk.ahead or self._cached(walk.image_id, walk.manifest, later):
+                continue
+            fill = self._read_ahead(self._spec(walk.image_id, walk.manifest, later, walk.source, walk.location))
             if fill is None:
-                address = self._address(image_id, manifest, index)
-                fd = None
-                if address is not None and index not in manifest.collisions and not self.pending.collides(image_id, index):
-                    fd = self._open(address, span.length)
-                if fd is not None:
-                    self.pending.touch(address)  # type: ignore[arg-type]
-                    self.pending.count("hits")
-                    self.pending.count("bytes_served", hi - lo)
-                    try:
-                        for pos in range(lo, hi, PIECE_SIZE):
-                            piece = os.pread(fd, min(hi, pos + PIECE_SIZE) - pos, pos)
-                            if len(piece) != min(hi, pos + PIECE_SIZE) - pos:
-                                raise CacheError("cached chunk ended early", image_id=image_id, offset=span.start + pos)
-                            yield piece
-                    finally:
-                        os.close(fd)
-                    # Reads and sends of cached chunks never block on loopback: give the
-                    # other requests a turn once per chunk, or one stream holds the loop.
-                    await asyncio.sleep(0)
-                    continue
-                fill = self.fill(self._spec(image_id, manifest, index, source, location))
-            async for view in fill.stream(lo, hi):  # views of the fill's buffer, not copies
-                self.pending.count("bytes_served", len(view))
-                yield view
+                return
+            walk.ahead[later] = fill
+
+    def _verify_next(self, walk: _Walk, index: int) -> None:
+        """Verify the next chunk on the verify pool while this one is sent, so a stream of
+        cached chunks never waits for a thread hop between them."""
+        later = index + 1
+        if later <= walk.last and later not in walk.opening and self._cached(walk.image_id, walk.manifest, later):
+            walk.opening[later] = asyncio.ensure_future(self._open_cached(walk.image_id, walk.manifest, later))
+
+    async def _chunk(self, walk: _Walk, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
+        """Bytes ``lo``..``hi`` of chunk ``index``: from the cache, else from a fill."""
+        span = walk.manifest.chunk_range(index)
+        fill = walk.ahead.pop(index, None)
+        if fill is not None:
+            fill.demand()
+        pos = lo
+        try:
+            while pos < hi:
+                if fill is None:
+                    opening = walk.opening.pop(index, None)
+                    opened = await (opening or self._open_cached(walk.image_id, walk.manifest, index))
+                    if opened is not None:
+                        fd, address = opened
+                        self._ahead(walk, index)
+                        self._verify_next(walk, index)
+                        self.pending.touch(address)
+                        self.pending.count("hits")
+                        self.pending.count("bytes_served", hi - pos)
+                        try:
+                            for start in range(pos, hi, PIECE_SIZE):
+                                stop = min(hi, start + PIECE_SIZE)
+                                piece = os.pread(fd, stop - start, start)
+                                if len(piece) != stop - start:
+                                    raise CacheError("cached chunk ended early", image_id=walk.image_id,
+                                                     offset=span.start + start)
+                                yield piece
+                        finally:
+                            os.close(fd)
+                        # Reads and sends of cached chunks never block on loopback: give the
+                        # other requests a turn once per chunk, or one stream holds the loop.
+                        await asyncio.sleep(0)
+                        return
+                    fill = await self._demand(
+                        self._spec(walk.image_id, walk.manifest, index, walk.source, walk.location), walk.ahead)
+                self._ahead(walk, index)
+                async for view in fill.stream(pos, hi):  # views of the fill's buffer, not copies
+                    self.pending.count("bytes_served", len(view))
+                    pos += len(view)
+                    yield view
+                # Short only if the buffer was let go: the chunk is cached now (or refilled).
+                fill.unclaim()
+                fill = None
+        finally:
+            if fill is not None:
+                fill.unclaim()
+
+
+@dataclass
+class _Walk:
+    """One read's state: the fills it holds as read-ahead, the chunks it is verifying ahead."""
+
+    image_id: str
+    manifest: Manifest
+    source: ReadBackend
+    location: str
+    last: int  # index of the last chunk of the range
+    ahead: dict[int, Fill] = field(default_factory=dict)
+    opening: dict[int, asyncio.Future[tuple[int, bytes] | None]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Let go of read-ahead claims and of verified chunks the read did not get to."""
+        _drop(self.ahead)
+        opening, self.opening = list(self.opening.values()), {}
+        for future in opening:
+            future.cancel()
+            future.add_done_callback(_close_opened)
+
+
+def _close_opened(future: asyncio.Future[tuple[int, bytes] | None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        opened = future.result()
+        if opened is not None:
+            os.close(opened[0])
+
+
+def _drop(ahead: dict[int, Fill]) -> None:
+    """Let go of read-ahead claims (fills nobody else holds are cancelled)."""
+    fills = list(ahead.values())
+    ahead.clear()
+    for fill in fills:
+        fill.unclaim()

@@ -367,11 +367,11 @@ class Registry:
             new = {k: v for k, v in old.items() if k != "_upload_owner"}
             self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
 
-    def requeue_orphaned_uploads(self) -> list[str]:
-        """Put back to ``queued`` every image left ``saving`` by an upload whose process died.
+    def orphaned_uploads(self) -> list[str]:
+        """Images left ``saving`` by an upload whose process died (read-only).
 
         Images ``saving`` for a location pass carry no upload owner and are left alone
-        (their pass resumes). Returns the ids requeued.
+        (their pass resumes).
         """
         with self.read() as txn:
             saving = [image_id for _, image_id in self.walk(txn, stream_prefix("s", "saving"))]
@@ -381,14 +381,21 @@ class Registry:
                 owner = record.get("_upload_owner") if record else None
                 if owner is not None and not owner_alive(owner):
                     orphans.append(image_id)
-        for image_id in orphans:
+        return orphans
+
+    def requeue_orphaned_uploads(self, orphans: list[str] | None = None) -> list[str]:
+        """Put back to ``queued`` the images of :meth:`orphaned_uploads` (or ``orphans``, as
+        that listed them) whose upload owner is still dead; returns the ids requeued."""
+        requeued = []
+        for image_id in self.orphaned_uploads() if orphans is None else orphans:
             with write_txn(self.env) as txn:
                 old = self.load(txn, image_id)
                 if old is None or old.get("_upload_owner") is None or owner_alive(old["_upload_owner"]):
                     continue
                 new = {k: v for k, v in old.items() if k != "_upload_owner"}
                 self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
-        return orphans
+                requeued.append(image_id)
+        return requeued
 
     # ---- images registered by location (see imgproxy.locations) -----------------------
     # A ``location_passes`` entry (image id -> {"url", "mode"}) marks a background pass

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lmdb
 
-from backends import Backends
+from backends import BackendError, Backends
 from cache import ImageCache
+from cache.fill import try_lock, unlock
 from cache.txn import DbWriter
 
 from .auth import Authenticator, NoAuth
@@ -46,6 +47,7 @@ class Service:
     writer: DbWriter
     readers: ReaderPool = field(default_factory=ReaderPool)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loops_fd: int | None = None  # the loops lock, while this process runs the loops
     locations: LocationPasses = field(init=False)  # background passes of images added by URL
     images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
@@ -80,6 +82,9 @@ class Service:
         self.readers.close()
         self.writer.close()
         self.env.close()
+        if self.loops_fd is not None:
+            unlock(self.settings.data_dir / LOOPS_LOCK, self.loops_fd)
+            self.loops_fd = None
 
 
 def open_authenticator(settings: Settings) -> Authenticator:
@@ -91,10 +96,7 @@ def open_authenticator(settings: Settings) -> Authenticator:
 
 
 def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | None = None) -> ImageCache:
-    options: dict[str, Any] = {}
-    # The cache shares the process's writer once its constructor takes one.
-    if writer is not None and "writer" in inspect.signature(ImageCache).parameters:
-        options["writer"] = writer
+    """The cache, with ``writer`` (the process's LMDB writer thread) if given; its own if not."""
     return ImageCache(
         settings.data_dir / "cache",
         env,
@@ -107,12 +109,26 @@ def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | Non
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
         readahead_chunks=settings.readahead_chunks,
-        **options,
+        max_fills=settings.max_fills,
+        fill_memory=settings.fill_memory,
+        writer=writer,
     )
 
 
 async def _requeue_orphaned_uploads(service: Service) -> None:
-    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads):
+    """Images left ``saving`` by a dead upload go back to ``queued``. Whatever that upload
+    committed to the store goes first: while the image is still ``saving`` no new upload
+    can write the same object, so only the dead upload's data is deleted."""
+    orphans = await service.readers.run(service.registry.orphaned_uploads)
+    store = service.backends.writable
+    for image_id in orphans if store is not None else ():
+        try:
+            await store.delete(store.location_for(image_id))
+        except BackendError as exc:
+            log.warning("could not delete what the dead upload of image %s stored (%s); it stays saving "
+                        "until the next cleaner pass", image_id, exc)
+            orphans.remove(image_id)
+    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads, orphans):
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
@@ -131,11 +147,23 @@ async def _reap(service: Service) -> None:
         log.info("removed the data of %d deleted images", reaped)
 
 
+async def _sweep_store_temp(service: Service) -> None:
+    """Remove the store's temp files older than ``stale_temp_age`` (uploads a crash cut; a
+    live upload keeps writing, so its file stays younger)."""
+    sweep = getattr(service.backends.default, "sweep_temp", None)
+    if sweep is not None:
+        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
+        if removed:
+            log.info("removed %d stale temp files from the store", removed)
+
+
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the store's and the
+    cache's leftovers."""
     await _requeue_orphaned_uploads(service)
     await _recover_imports(service)
     await _reap(service)
+    await _sweep_store_temp(service)
     await service.cache.clean()
 
 
@@ -146,12 +174,7 @@ async def _recover(service: Service) -> None:
     await _requeue_orphaned_uploads(service)
     await _recover_imports(service)
     await _reap(service)
-    store = service.backends.default
-    sweep = getattr(store, "sweep_temp", None)
-    if sweep is not None:
-        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
-        if removed:
-            log.info("removed %d stale temp files from the store", removed)
+    await _sweep_store_temp(service)
     result = await service.cache.clean()
     log.info("cache recovery: %s", result)
 
@@ -161,6 +184,36 @@ async def _check_stores(service: Service) -> None:
     for name, problem in await service.backends.check(service.settings.upstream_timeout):
         log.warning("store %s is unavailable at start-up: %s; requests that need it get 503 until it recovers",
                     name, problem)
+
+
+# With several workers one process runs start-up recovery and the background loops: the one
+# holding this lock (the others wait to take over if it dies).
+LOOPS_LOCK = "loops.lock"
+
+
+async def _lead(service: Service, fd: int) -> None:
+    """This process holds the loops lock: recover, then run the loops until shutdown."""
+    from .sources import prefetch_queued
+
+    service.loops_fd = fd
+    settings = service.settings
+    await _recover(service)
+    service.tasks += start_loops(
+        {
+            "prune": (settings.prune_interval, service.cache.prune),
+            "clean": (settings.clean_interval, lambda: _clean(service)),
+            "audit": (settings.clean_interval, service.cache.audit),
+            "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
+        }
+    )
+
+
+async def _stand_by(service: Service, lock: Path) -> None:
+    """Another worker runs the loops; take them over if it goes (its lock is freed with it)."""
+    while (fd := try_lock(lock)) is None:
+        await asyncio.sleep(1.0)
+    log.info("this worker now runs start-up recovery and the background loops")
+    await _lead(service, fd)
 
 
 async def open_service(settings: Settings, *, loops: bool = True) -> Service:
@@ -174,17 +227,12 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,
                       writer=writer)
     if loops:
-        await _recover(service)
-        from .sources import prefetch_queued
-
-        service.tasks = start_loops(
-            {
-                "prune": (settings.prune_interval, service.cache.prune),
-                "clean": (settings.clean_interval, lambda: _clean(service)),
-                "audit": (settings.clean_interval, service.cache.audit),
-                "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
-            }
-        )
+        lock = settings.data_dir / LOOPS_LOCK
+        fd = try_lock(lock)
+        if fd is not None:
+            await _lead(service, fd)
+        else:
+            service.tasks.append(asyncio.create_task(_stand_by(service, lock), name="imgproxy-stand-by"))
         service.tasks.append(asyncio.create_task(_check_stores(service)))
         service.locations.resume()
     return service

@@ -91,6 +91,10 @@ class Settings:
     # This node's URL as other API nodes reach it (Glance's worker_self_reference_url): where
     # glance-direct's staged data lives. "" = http://<host>:<port>.
     worker_self_reference_url: str = ""
+    # Fills in flight per worker, and the bytes of their chunk buffers: a reader that needs
+    # a chunk waits for room; read-ahead only starts when there is room at once.
+    max_fills: int = 32
+    fill_memory: int = 96 * MiB
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
@@ -206,6 +210,10 @@ def _check(s: Settings) -> None:
         raise SettingsError("upstream_retries", "must not be negative")
     if not 0 <= s.readahead_chunks <= 64:
         raise SettingsError("readahead_chunks", "must be in 0 .. 64")
+    if not 1 <= s.max_fills <= 4096:
+        raise SettingsError("max_fills", "must be in 1 .. 4096")
+    if s.fill_memory < s.chunk_size:
+        raise SettingsError("fill_memory", f"must be at least chunk_size ({s.chunk_size} bytes): a fill holds one chunk")
     if s.audit_bytes_per_second < 0:
         raise SettingsError("audit_bytes_per_second", "must not be negative")
     if s.lmdb_map_size < 16 * MiB:

@@ -205,3 +205,24 @@ def test_growth_prunes_a_shrunk_cache_while_a_node_reads(tmp_path: Path) -> None
     assert row["status"] == "ok" and row["prune_http"] == 200, row
     assert row["cached_after_MiB"] <= row["shrunk_max_MiB"] and row["pruned_MiB"] > 0, row
     assert rows[1]["status"].startswith("not run:")
+
+
+def test_stores_reads_each_real_store_through_imgproxy_and_directly(tmp_path: Path) -> None:
+    rows = _tiny_run(tmp_path, ["stores"], [], stores_image_size=6 << 20)["stores"].rows
+    assert [r["store"] for r in rows] == ["s3 (rclone)", "swift", "s3 (swift s3api)"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["direct_s"] > 0 and row["imgproxy_s"] > 0 and row["server_cpu_s_per_GB"] > 0
+
+
+def test_edge_sends_each_central_byte_once_whatever_the_nodes(tmp_path: Path) -> None:
+    require_glance_venv()
+    rows = _tiny_run(tmp_path, ["edge"], [], edge_nodes=4, edge_image_size=2 << 20)["edge"].rows
+    assert [(r["central"], r["path"]) for r in rows] == [
+        ("imgproxy", "direct"), ("imgproxy", "edge"), ("glance", "direct"), ("glance", "edge")]
+    for row in rows:
+        assert row["status"] == "ok", row
+    # The image once, plus the small API answers (image shows) the edge asks for: a second copy
+    # of a 2 MiB image would be 2.0.
+    assert all(1.0 <= r["central_ratio"] <= 1.05 for r in rows if r["path"] == "edge"), rows
+    assert all(r["central_ratio"] >= 4 for r in rows if r["path"] == "direct")

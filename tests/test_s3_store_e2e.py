@@ -131,8 +131,8 @@ def test_wrong_credentials_start_with_a_warning_and_answer_503(
         assert api.delete(f"/v2/cache/{image_id}").status_code in (200, 204)
     # ...then the service restarts with a wrong secret.
     with ServerProcess(data_dir, config=_config(s3_server, s3_prefix, secret_key=secret)) as proc, _client(proc) as api:
-        assert _wait_for(lambda: "is not usable now" in proc.log()), proc.log()
-        warning = next(line for line in proc.log().splitlines() if "is not usable now" in line)
+        assert _wait_for(lambda: "is unavailable at start-up" in proc.log()), proc.log()
+        warning = next(line for line in proc.log().splitlines() if "is unavailable at start-up" in line)
         assert s3_server.url(s3_prefix) in warning and secret not in proc.log()
         assert api.get("/versions").status_code == 200  # up for what needs no store
         assert api.get(f"/v2/images/{image_id}").json()["status"] == "active"
@@ -144,6 +144,6 @@ def test_unreachable_store_starts_with_a_warning_and_answers_503(s3_server: S3Se
     gone = f"http://127.0.0.1:{free_port()}"
     config = _config(s3_server, "nowhere", endpoint=gone, retries=0)
     with ServerProcess(tmp_path / "data", config=config) as proc, _client(proc) as api:
-        assert _wait_for(lambda: "is not usable now" in proc.log()), proc.log()
+        assert _wait_for(lambda: "is unavailable at start-up" in proc.log()), proc.log()
         assert gone in proc.log()
         _assert_store_error(_upload(api, _create(api), b"x" * 1000), s3_server, "nowhere")

@@ -159,7 +159,7 @@ def run_attacks(work: Path, *, seconds: float = 5.0, idle: int = 1000, slow: int
             with attack() as held:  # type: ignore[attr-defined]
                 time.sleep(0.5)
                 latencies, errors = _measure(http, image_id, seconds)
-                rss = rss_bytes([system.proc.pid, *tree_pids(system.proc.pid)])
+                rss = rss_bytes(tree_pids(system.proc.pid))
             p99 = percentile(latencies, 99) or 0.0
             row = {"phase": name, "attackers": held, "requests": len(latencies), "p50_ms": round(percentile(latencies, 50) or 0, 2),
                    "p99_ms": round(p99, 2), "errors": len(errors), "rss_mib": round(rss / 2**20, 1)}

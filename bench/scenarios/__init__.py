@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..runner import RunContext, ScenarioResult
-from . import boot_storm, cached_download, growth, herd, metadata, ranged, stores, upload, warm_reads
+from . import boot_storm, cached_download, edge, growth, herd, metadata, ranged, stores, upload, warm_reads
 
 __all__ = ["SCENARIOS", "SCENARIO_SYSTEMS"]
 
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, Callable[[RunContext], ScenarioResult]] = {
     "metadata": metadata.run,
     "growth": growth.run,
     "stores": stores.run,
+    "edge": edge.run,
 }
 
 SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
@@ -31,5 +32,6 @@ SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
     "metadata": metadata.SYSTEMS,
     "growth": growth.SYSTEMS,
     "stores": stores.SYSTEMS,
+    "edge": edge.SYSTEMS,
 }
 """The shared systems each scenario uses, so a run can stop those no later scenario needs."""

@@ -8,9 +8,9 @@ a foreign exception type.
 
 from __future__ import annotations
 
-from backends import BackendError, BackendUnavailable
+from backends import BackendError, BackendFull, BackendUnavailable
 
-from ..errors import ApiError, BadGateway, ServiceUnavailable
+from ..errors import ApiError, BadGateway, PayloadTooLarge, ServiceUnavailable
 
 __all__ = ["ImageDataError", "store_error", "data_error"]
 
@@ -31,7 +31,10 @@ class ImageDataError(Exception):
 
 
 def store_error(exc: BackendError, action: str) -> ApiError:
-    """A store failed before any byte was sent."""
+    """A store failed before any byte was sent. A full store is 413, as Glance answers
+    ("Image storage media is full"); the message names the store's error, never a path."""
+    if isinstance(exc, BackendFull):
+        return PayloadTooLarge(f"Image storage media is full; could not {action}.", headers={"Connection": "close"})
     if isinstance(exc, BackendUnavailable):
         return ServiceUnavailable(f"The image store is unavailable; could not {action}: {exc}")
     return ApiError(f"The image store failed; could not {action}: {exc}")

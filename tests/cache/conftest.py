@@ -62,9 +62,9 @@ def add_image(file_store: FileBackend) -> Callable[[ImageCache, str, bytes], Any
         for i in range(0, len(data), 10_000):  # odd piece size: chunks span pieces
             await ingest.feed(data[i:i + 10_000])
         manifest = await ingest.finish()
-        cache.put_manifest(image_id, manifest)
+        await cache.put_manifest_async(image_id, manifest)
         if not cached:
-            cache.evict_image(image_id)
+            await cache.evict_image_async(image_id)
         return manifest, location
 
     return add

@@ -34,10 +34,10 @@ async def test_cold_herd_reads_each_byte_upstream_once_and_streams_early(make_ca
     assert spans == [(i * CHUNK, min((i + 1) * CHUNK, len(data))) for i in range(7)]
     # Every reader had bytes before the upstream delivered its last piece.
     assert len(first_piece) == 16 and max(first_piece) < upstream.last_piece_at
-    stats = cache.stats()
+    stats = await cache.stats_async()
     assert stats["coalesced_waiters"] >= 15
     await cache.wait_idle()
-    assert cache.stats()["chunks"] == 7
+    assert (await cache.stats_async())["chunks"] == 7
 
 
 async def test_reader_that_leaves_does_not_stop_the_fill(make_cache, add_image, file_store):
@@ -56,23 +56,29 @@ async def test_reader_that_leaves_does_not_stop_the_fill(make_cache, add_image, 
 
 
 @pytest.mark.parametrize("readahead", [0, 1, 3])
-async def test_fills_started_by_a_reader_that_left_complete(make_cache, add_image, file_store, readahead):
-    # The chunk being read and the `readahead` chunks after it are filled and stored
-    # although the reader left after one piece; no other chunk is fetched.
+async def test_a_reader_that_leaves_keeps_its_chunk_filling_and_drops_its_read_ahead(make_cache, add_image,
+                                                                                     file_store, readahead):
+    # The chunk being read is filled and stored although the reader left after one piece
+    # (a pull-through cache keeps filling); the read-ahead nobody else waits for is dropped.
     cache = make_cache(readahead_chunks=readahead)
     data = image_bytes(6 * CHUNK, seed=23)
     manifest, location = await add_image(cache, "img", data, cached=False)
-    upstream = ScriptedStore(file_store, piece=8 * 1024, delay=0.002)
+    gate = asyncio.Event()  # holds the read-ahead reads open until the reader has left
+    upstream = ScriptedStore(file_store, piece=8 * 1024, delay=0.002, gate=gate, gate_from=CHUNK)
     it = cache.read("img", manifest, ByteRange(0, len(data)), upstream, location)
     await anext(it)
+    assert len(upstream.requests) == readahead + 1  # the read-ahead was running
     await it.aclose()
+    gate.set()
     await cache.wait_idle()
     stored = [i for i, address in enumerate(manifest.chunks) if cache.store.exists(address)]
-    assert stored == list(range(readahead + 1))
-    assert upstream.bytes_read == (readahead + 1) * CHUNK
-    filled = (readahead + 1) * CHUNK
-    assert await _collect(cache.read("img", manifest, ByteRange(0, filled), upstream, location)) == data[:filled]
-    assert upstream.bytes_read == filled
+    assert stored == [0]
+    assert upstream.bytes_read == CHUNK
+    await cache.flush()
+    assert cache.pending.pending_bytes() == 0  # dropped fills gave back the room they reserved
+    assert cache.admission.fills == 0 and cache.admission.bytes == 0
+    assert await _collect(cache.read("img", manifest, ByteRange(0, CHUNK), upstream, location)) == data[:CHUNK]
+    assert upstream.bytes_read == CHUNK
 
 
 async def _collect(it) -> bytes:  # type: ignore[no-untyped-def]
@@ -89,7 +95,7 @@ async def test_upstream_failure_mid_fill_resumes_with_a_ranged_read(make_cache, 
     resumed = [r for r in upstream.requests if r.start % CHUNK]
     assert len(resumed) == 1 and CHUNK < resumed[0].start <= CHUNK + 20_000
     await cache.wait_idle()
-    assert cache.stats()["upstream_retries"] == 1
+    assert (await cache.stats_async())["upstream_retries"] == 1
 
 
 async def test_upstream_failing_past_retries_raises_for_every_reader(make_cache, add_image, file_store):

@@ -29,7 +29,7 @@ async def test_ingest_gives_manifest_with_glance_digests(make_cache, add_image, 
     assert manifest.chunks[5] == address_of(data[5 * CHUNK:])
     assert cache.get_manifest("img1") == manifest
     assert Manifest.decode(manifest.encode()) == manifest
-    assert cache.stats()["chunks"] == 6
+    assert (await cache.stats_async())["chunks"] == 6
 
 
 async def test_sync_feed_matches_async_feed(make_cache):
@@ -53,24 +53,24 @@ async def test_cached_read_serves_from_disk_without_upstream(make_cache, add_ima
     part = await collect(cache.read("img", manifest, ByteRange(CHUNK - 5, 3 * CHUNK + 9), upstream, location))
     assert part == data[CHUNK - 5:3 * CHUNK + 9]
     assert upstream.bytes_read == 0
-    assert cache.stats()["hits"] >= 4
+    assert (await cache.stats_async())["hits"] >= 4
 
 
 async def test_second_image_sharing_chunks_costs_only_new_chunks(make_cache, add_image):
     cache = make_cache()
     base = image_bytes(4 * CHUNK, seed=4)
     await add_image(cache, "a", base)
-    before = cache.stats()
+    before = await cache.stats_async()
     other = base[:3 * CHUNK] + image_bytes(CHUNK + 50, seed=5)  # 3 shared, 2 new chunks
     await add_image(cache, "b", other)
-    after = cache.stats()
+    after = await cache.stats_async()
     assert after["chunks"] - before["chunks"] == 2
     assert after["bytes_cached"] - before["bytes_cached"] == CHUNK + CHUNK + 50 - CHUNK
     # Deleting one image keeps the chunks the other still uses.
-    cache.forget_image("a")
-    assert cache.stats()["chunks"] == 5
-    cache.forget_image("b")
-    assert cache.stats()["chunks"] == 0
+    await cache.forget_image_async("a")
+    assert (await cache.stats_async())["chunks"] == 5
+    await cache.forget_image_async("b")
+    assert (await cache.stats_async())["chunks"] == 0
     assert chunk_files(cache.store.root) == []
 
 
@@ -93,19 +93,19 @@ async def test_unknown_addresses_are_learned_by_the_first_fill(make_cache, file_
     cache = make_cache()
     data = image_bytes(3 * CHUNK + 1, seed=7)
     location = put_object(file_store.root, "byurl", data)
-    cache.put_manifest("byurl", Manifest.unknown(len(data), CHUNK))
+    await cache.put_manifest_async("byurl", Manifest.unknown(len(data), CHUNK))
     upstream = ScriptedStore(file_store)
     manifest = cache.get_manifest("byurl")
     assert await collect(cache.read("byurl", manifest, ByteRange(0, len(data)), upstream, location)) == data
     assert upstream.bytes_read == len(data)
     await cache.wait_idle()
-    cache.flush_access_times()
+    await cache.flush()
     learned = cache.get_manifest("byurl")
     assert learned.chunks[0] == address_of(data[:CHUNK])
     assert None not in learned.chunks
     assert await collect(cache.read("byurl", learned, ByteRange(0, len(data)), upstream, location)) == data
     assert upstream.bytes_read == len(data)
-    assert cache.cached_images()[0]["complete"] is True
+    assert (await cache.cached_images_async())[0]["complete"] is True
 
 
 async def test_corrupt_chunk_is_dropped_refilled_and_never_served(make_cache, add_image, file_store):
@@ -116,7 +116,7 @@ async def test_corrupt_chunk_is_dropped_refilled_and_never_served(make_cache, ad
     upstream = ScriptedStore(file_store)
     assert await collect(cache.read("img", manifest, ByteRange(0, len(data)), upstream, location)) == data
     assert upstream.bytes_read == CHUNK
-    assert cache.stats()["corrupt_chunks"] == 1
+    assert (await cache.stats_async())["corrupt_chunks"] == 1
     await cache.wait_idle()
     assert cache.store.load(manifest.chunks[1], CHUNK) == data[CHUNK:2 * CHUNK]
 
@@ -154,7 +154,7 @@ async def test_collision_chunks_are_read_from_the_store_uncached(make_cache, add
     data = image_bytes(3 * CHUNK, seed=11)
     manifest, location = await add_image(cache, "img", data, cached=False)
     marked = manifest.with_collision(1)
-    cache.put_manifest("img", marked)
+    await cache.put_manifest_async("img", marked)
     upstream = ScriptedStore(file_store)
     for _ in range(2):
         assert await collect(cache.read("img", marked, ByteRange(0, len(data)), upstream, location)) == data
@@ -165,12 +165,12 @@ async def test_cache_full_serves_from_store_without_caching(make_cache, add_imag
     cache = make_cache(max_size=CHUNK // 2)
     data = image_bytes(3 * CHUNK, seed=12)
     manifest, location = await add_image(cache, "img", data)
-    assert cache.stats()["chunks"] == 0
+    assert (await cache.stats_async())["chunks"] == 0
     upstream = ScriptedStore(file_store)
     assert await collect(cache.read("img", manifest, ByteRange(0, len(data)), upstream, location)) == data
     assert upstream.bytes_read == len(data)
-    assert cache.stats()["chunks"] == 0
-    assert cache.stats()["uncached_fills"] == 3
+    assert (await cache.stats_async())["chunks"] == 0
+    assert (await cache.stats_async())["uncached_fills"] == 3
 
 
 async def test_abort_leaves_nothing_referenced(make_cache):
@@ -180,7 +180,7 @@ async def test_abort_leaves_nothing_referenced(make_cache):
     await ingest.abort()
     await ingest.abort()
     assert cache.get_manifest("x") is None
-    assert cache.stats()["chunks"] == 0
+    assert (await cache.stats_async())["chunks"] == 0
     assert chunk_files(cache.store.root) == []
 
 

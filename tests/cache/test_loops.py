@@ -61,7 +61,7 @@ async def test_pruner_keeps_the_bound_under_concurrent_reads(make_cache, add_ima
     stats = cache.stats()
     assert _disk_bytes(cache) <= max_size and stats["bytes_cached"] <= max_size
     await cache.prune()
-    stats = cache.stats()
+    stats = await cache.stats_async()
     assert stats["bytes_cached"] <= 0.8 * max_size
     assert _disk_bytes(cache) == stats["bytes_cached"]
     assert stats["evicted_chunks"] > 0
@@ -82,7 +82,7 @@ async def test_pruner_evicts_least_recently_used_and_never_pinned(make_cache, ad
     assert result.files == 3
     assert cache.store.exists(pinned.chunks[0])
     assert not any(cache.store.exists(a) for a in old.chunks)
-    assert all(cache.store.exists(a) for a in new.chunks) or cache.stats()["bytes_cached"] <= 2 * CHUNK
+    assert all(cache.store.exists(a) for a in new.chunks) or (await cache.stats_async())["bytes_cached"] <= 2 * CHUNK
     cache.pins.remove(pinned.chunks[0])
 
 
@@ -92,17 +92,17 @@ async def test_evict_image_and_clear_cache(make_cache, add_image, file_store):
     a, location = await add_image(cache, "a", base)
     b, _ = await add_image(cache, "b", base[:CHUNK] + image_bytes(CHUNK, seed=121))
     await _drain(cache.read("a", a, ByteRange(0, len(base)), ScriptedStore(file_store), location))
-    listed = {i["image_id"]: i for i in cache.cached_images()}
+    listed = {i["image_id"]: i for i in (await cache.cached_images_async())}
     assert listed["a"]["hits"] == 1 and listed["a"]["size"] == 3 * CHUNK and listed["a"]["complete"]
     assert listed["a"]["last_accessed"] > 0 and listed["a"]["last_modified"] > 0
-    result = cache.evict_image("a")
+    result = await cache.evict_image_async("a")
     assert result.files == 2  # the chunk shared with "b" stays
     assert cache.store.exists(a.chunks[0])
-    listed = {i["image_id"]: i for i in cache.cached_images()}
+    listed = {i["image_id"]: i for i in (await cache.cached_images_async())}
     assert listed["a"]["size"] == CHUNK and not listed["a"]["complete"]
     cleared = await cache.clear_cache()
     assert cleared.files == 2
-    assert cache.cached_images() == [] and chunk_files(cache.store.root) == []
+    assert (await cache.cached_images_async()) == [] and chunk_files(cache.store.root) == []
     assert cache.get_manifest("a") == a  # manifests stay: reads refill
 
 
@@ -112,8 +112,8 @@ async def test_prefetch_queue_persists_and_fills_images(tmp_path: Path, file_sto
     cache = ImageCache(data_dir / "cache", env, **cache_kwargs())
     data = image_bytes(3 * CHUNK + 5, seed=130)
     manifest, location = await add_image(cache, "img", data, cached=False)
-    assert cache.queue_prefetch("img") and not cache.queue_prefetch("img")
-    cache.queue_prefetch("gone")
+    assert await cache.queue_prefetch_async("img") and not await cache.queue_prefetch_async("img")
+    await cache.queue_prefetch_async("gone")
     await cache.aclose()
     env.close()
 
@@ -131,10 +131,10 @@ async def test_prefetch_queue_persists_and_fills_images(tmp_path: Path, file_sto
         assert (result.cached, result.failed, result.dropped) == (1, 0, 1)
         assert cache.queued() == []
         await cache.wait_idle()
-        listed = cache.cached_images()
+        listed = (await cache.cached_images_async())
         assert [(i["image_id"], i["complete"], i["hits"]) for i in listed] == [("img", True, 0)]
-        assert cache.queue_prefetch("img")
-        assert cache.clear_queue() == 1 and cache.queued() == []
+        assert await cache.queue_prefetch_async("img")
+        assert await cache.clear_queue_async() == 1 and cache.queued() == []
     finally:
         await cache.aclose()
         env.close()
@@ -162,7 +162,7 @@ async def test_cleaner_reconciles_disk_and_index(make_cache, add_image, file_sto
     result = await cache.clean()
     assert (result.temp_files, result.fill_files, result.adopted, result.orphans_removed, result.missing) == (1, 1, 1, 1, 1)
     assert os.listdir(root / "tmp") == [] and os.listdir(root / "fills") == []
-    assert cache.stats()["bytes_cached"] == _disk_bytes(cache) == 3 * CHUNK
+    assert (await cache.stats_async())["bytes_cached"] == _disk_bytes(cache) == 3 * CHUNK
     # The image still reads correctly (the missing chunk is refilled).
     assert await _drain(cache.read("img", manifest, ByteRange(0, len(data)), ScriptedStore(file_store), location)) == data
     # A young temp file of a live process is kept.
@@ -183,7 +183,7 @@ async def test_audit_drops_corrupt_chunks_at_a_bounded_rate(make_cache, add_imag
     assert first.chunks + second.chunks == 4
     assert first.corrupt + second.corrupt == 1
     assert not cache.store.exists(manifest.chunks[3])
-    assert cache.stats()["chunks"] == 3
+    assert (await cache.stats_async())["chunks"] == 3
     upstream = ScriptedStore(file_store)
     assert sha512(await _drain(cache.read("img", manifest, ByteRange(0, len(data)), upstream, location))) == sha512(data)
     assert upstream.bytes_read == CHUNK
@@ -205,11 +205,11 @@ async def test_forget_image_with_unknown_manifest_and_queue(make_cache, file_sto
     cache = make_cache()
     data = image_bytes(2 * CHUNK, seed=160)
     location = put_object(file_store.root, "u", data)
-    cache.put_manifest("u", Manifest.unknown(len(data), CHUNK))
-    cache.queue_prefetch("u")
+    await cache.put_manifest_async("u", Manifest.unknown(len(data), CHUNK))
+    await cache.queue_prefetch_async("u")
     await _drain(cache.read("u", cache.get_manifest("u"), ByteRange(0, len(data)), ScriptedStore(file_store), location))
     await cache.wait_idle()
-    cache.forget_image("u")
+    await cache.forget_image_async("u")
     assert cache.get_manifest("u") is None and cache.queued() == []
     await cache.clean()
-    assert cache.stats()["chunks"] == 0 and chunk_files(cache.store.root) == []
+    assert (await cache.stats_async())["chunks"] == 0 and chunk_files(cache.store.root) == []
