@@ -30,6 +30,7 @@ from backends import BackendError, ByteRange, WriteBackend
 from cache import OS_HASH_ALGO, CacheError
 
 from ..errors import ApiError
+from ..import_records import LOCK
 from ..sources import resolve_source
 from ..webfetch import WebDownloadError, open_web_download
 from .remote_glance import RemoteGlance, RemoteGlanceError
@@ -138,13 +139,28 @@ class ImportRunner:
             await self._s.writer.run(self._s.cache.forget_image, image_id)  # a manifest it may have recorded
 
     async def fail_orphan(self, task: dict[str, Any]) -> None:
-        """Fail a task whose process died; its staged data goes too."""
-        log.warning("import %s of image %s was interrupted (its process stopped); it fails", task["id"],
-                    task["image_id"])
+        """Fail a task whose process died. What it may have committed to its stores and not
+        recorded goes first (while the image still holds the task's lock, no other import
+        writes there); then the image and task change; its staged data goes too."""
+        image_id = task["image_id"]
+        log.warning("import %s of image %s was interrupted (its process stopped); it fails", task["id"], image_id)
+        record = self._s.registry.get(image_id) or {}
+        kept = set() if record.get("status") == "importing" else {
+            str(loc.get("url")) for loc in record.get("_locations") or []}
+        for name in task["input"]["backend"]:
+            store = self._i.stores.writer(name)
+            if store is None or record.get(LOCK) != task["id"] or store.location_for(image_id) in kept:
+                continue
+            try:
+                await store.delete(store.location_for(image_id))
+            except BackendError as exc:
+                log.warning("could not delete what import %s stored in %s (%s); retried by the next cleaner pass",
+                            task["id"], name, exc)
+                return
         await self._s.writer.run(lambda: self._i.records.fail(
-            task["image_id"], task["id"], "Interrupted: the process running the import stopped.",
+            image_id, task["id"], "Interrupted: the process running the import stopped.",
             list(task["input"]["backend"])))
-        self._i.staging.remove(task["image_id"])
+        await asyncio.to_thread(self._i.staging.remove, image_id)
 
     # ---- sources ----------------------------------------------------------------------
 
