@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import cache_api, data, images, imports, info, locations, members, tasks, versions
+from .api import cache_api, data, images, imports, info, locations, members, metadefs, tasks, versions
 from .errors import ApiError, Unauthorized, error_response
 from .service import Service, open_service
 from .settings import Settings
@@ -132,6 +132,7 @@ def create_app(settings: Settings) -> Starlette:
         *imports.routes,
         *tasks.routes,
         *cache_api.routes,
+        *metadefs.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     _add_token_commands(sub)
     _add_cache_commands(sub)
+    from .metadefs.cli import add_metadefs_commands
+
+    add_metadefs_commands(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from .attrs import CONTAINER_FORMATS, DISK_FORMATS
 from .registry import MEMBER_STATUSES
 from .status import STATUSES
 
-__all__ = ["image_schema", "images_schema", "member_schema", "members_schema", "namespace_schema", "resource_type_schema"]
+__all__ = ["image_schema", "images_schema", "member_schema", "members_schema"]
 
 _UUID = "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
 _DATE = "^([\\+-]?\\d{4}(?!\\d{2}\\b))((-?)((0[1-9]|1[0-2])(\\3([12]\\d|0[1-9]|3[01]))?|W([0-4]\\d|5[0-2])(-?[1-7])?|(00[1-9]|0[1-9]\\d|[12]\\d{2}|3([0-5]\\d|6[1-6])))([T\\s]((([01]\\d|2[0-3])((:?)[0-5]\\d)?|24\\:?00)([\\.,]\\d+(?!:))?)?(\\17[0-5]\\d([\\.,]\\d+)?)?([zZ]|([\\+-])([01]\\d|2[0-3]):?([0-5]\\d)?)?)?)?$"
@@ -140,41 +140,4 @@ def members_schema() -> dict[str, Any]:
             "schema": {"type": "string"},
         },
         "links": [{"rel": "self", "href": "{self}"}, {"rel": "describedby", "href": "{schema}"}],
-    }
-
-
-def namespace_schema() -> dict[str, Any]:
-    # No metadata definitions here: a minimal document so that clients that fetch it work.
-    return {
-        "name": "namespace",
-        "properties": {
-            "namespace": {"type": "string", "maxLength": 80},
-            "display_name": {"type": "string", "maxLength": 80},
-            "description": {"type": "string", "maxLength": 500},
-            "visibility": {"type": "string", "enum": ["public", "private"]},
-            "protected": {"type": "boolean"},
-            "owner": {"type": "string", "maxLength": 255},
-            "created_at": {"type": "string", "readOnly": True},
-            "updated_at": {"type": "string", "readOnly": True},
-            "schema": {"type": "string", "readOnly": True},
-            "self": {"type": "string", "readOnly": True},
-        },
-        "required": ["namespace"],
-        "additionalProperties": False,
-        "definitions": {},
-    }
-
-
-def resource_type_schema() -> dict[str, Any]:
-    return {
-        "name": "resource_type_association",
-        "properties": {
-            "name": {"type": "string", "maxLength": 80},
-            "prefix": {"type": "string", "maxLength": 80},
-            "properties_target": {"type": "string", "maxLength": 80},
-            "created_at": {"type": "string", "readOnly": True},
-            "updated_at": {"type": "string", "readOnly": True},
-        },
-        "required": ["name"],
-        "additionalProperties": False,
     }

@@ -22,6 +22,7 @@ from .images import Images
 from .locations import LocationPasses
 from .loops import start_loops
 from .memory import IdleTrimmer
+from .metadefs import Metadefs
 from .registry import Registry
 from .settings import Settings
 
@@ -52,10 +53,12 @@ class Service:
     images: Images = field(init=False)  # the workflows the API calls
     trimmer: IdleTrimmer = field(default_factory=IdleTrimmer)  # heap back to the OS when downloads end
     _spawned: set[asyncio.Task[Any]] = field(default_factory=set)
+    metadefs: Metadefs = field(init=False)  # the metadata definitions catalog
 
     def __post_init__(self) -> None:
         self.locations = LocationPasses(self)
         self.images = Images(self)
+        self.metadefs = Metadefs(self.env, self.writer, self.readers.run)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run ``coro`` as a task of the service (not of a request): it goes on when the

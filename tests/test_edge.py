@@ -277,9 +277,10 @@ def test_failing_upstream_gets_bounded_retries_then_503(
     r = httpx.get(f"{edge.url}/v2/images/{image_id}/file", timeout=30)
     assert r.status_code == 503
     assert fake_image_api.url in r.json()["error"]["message"]
-    # Each chunk asked (the first, and those read ahead) was tried 1 + upstream_retries times.
+    # The chunk the reader asked for was tried 1 + upstream_retries times; those read ahead at
+    # most as often (they are cancelled once the reader that wanted them has gone).
     reads = Counter(fake_image_api.data_reads(image_id))
-    assert reads[f"bytes=0-{CHUNK - 1}"] == 3 and set(reads.values()) == {3}
+    assert reads[f"bytes=0-{CHUNK - 1}"] == 3 and all(1 <= n <= 3 for n in reads.values())
     # Nothing listens upstream: the authorization cannot be asked, nor anything proxied.
     nowhere = f"http://127.0.0.1:{free_port()}"
     edge = server_factory(config=edge_config(nowhere, upstream_retries=1))

@@ -60,6 +60,4 @@ routes: list[BaseRoute] = [
     _schema_route("/v2/schemas/members", schemas.members_schema),
     _schema_route("/v2/schemas/task", task_schema),
     _schema_route("/v2/schemas/tasks", tasks_schema),
-    _schema_route("/v2/schemas/metadefs/namespace", schemas.namespace_schema),
-    _schema_route("/v2/schemas/metadefs/resource_type", schemas.resource_type_schema),
 ]
