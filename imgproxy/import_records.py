@@ -37,16 +37,15 @@ _STAGE_OWNER = "_stage_owner"
 
 
 def merge_list(record: dict[str, Any], key: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
-    """Add/remove names in a comma-separated property, in order, without duplicates
-    (an empty list leaves the property as ``""``, as Glance does)."""
+    """Add/remove names in a comma-separated property, in order, without duplicates (an
+    empty list leaves the property as ``""``: Glance shows both lists once an import began)."""
     names = [n for n in str(record.get(key) or "").split(",") if n]
     for name in remove:
         names = [n for n in names if n != name]
     for name in add:
         if name not in names:
             names.append(name)
-    if names or key in record:
-        record[key] = ",".join(names)
+    record[key] = ",".join(names)
 
 
 class ImportRecords:
