@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
     chaos.add_argument("--crashes", type=int, default=100, help="crash rounds (default 100)")
     chaos.add_argument("--seed", type=int, default=1)
+    chaos.add_argument("--fuzz", type=int, default=10000, help="fuzzed requests (default 10000)")
     chaos.add_argument("--out", type=Path, default=None, help="report dir (default bench-results/chaos-<timestamp>)")
     args = parser.parse_args(argv)
     if args.command == "chaos":
@@ -124,6 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _fuzz(examples: int) -> dict[str, object]:
+    """The property-based fuzzing of every route (tests/test_fuzz_api.py) at ``examples`` requests."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "IMGPROXY_FUZZ_EXAMPLES": str(examples)}
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests/test_fuzz_api.py"],
+                         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    line = next((l for l in run.stdout.splitlines() if l.startswith("fuzz:")), "")
+    out: dict[str, object] = {"ok": run.returncode == 0, "summary": line, "seconds": round(time.monotonic() - t0)}
+    if run.returncode != 0:
+        out["failure"] = run.stdout[-1500:]
+    return out
+
+
 def _chaos(args: argparse.Namespace) -> int:
     """Every part of the campaign in turn; the summary goes to ``chaos.json`` and ``chaos.md``."""
     import json
@@ -151,6 +168,10 @@ def _chaos(args: argparse.Namespace) -> int:
         attacks = run_attacks(work / "attacks")
         summary["attacks"] = attacks.phases
         violations += [f"attacks: {v}" for v in attacks.violations]
+        fuzz = _fuzz(args.fuzz)
+        summary["fuzz"] = fuzz
+        if not fuzz.get("ok"):
+            violations.append(f"fuzz: {fuzz.get('failure', 'failed')}")
     summary["violations"] = violations
     (out / "chaos.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "machine"}, indent=2, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .api import cache_api, data, images, imports, info, locations, members, metadefs, tasks, versions
+from .api.common import json_response
+from .api.versions import versions_document
 from .errors import ApiError, Unauthorized, error_response
 from .service import Service, open_service
 from .settings import Settings
@@ -49,6 +52,14 @@ def _strip_minor_version(path: str) -> str:
     return path
 
 
+_VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)?(/|$)")
+
+
+def _other_version(path: str) -> bool:
+    """A ``/vN/...`` path of a version other than v2 (``/v1/images``, ``/v7``, ``/v3/x``)."""
+    return bool(_VERSION_PREFIX.match(path)) and not (path == "/v2" or path.startswith("/v2/"))
+
+
 class ApiMiddleware:
     """Normalizes the version prefix and authenticates the caller.
 
@@ -71,6 +82,10 @@ class ApiMiddleware:
         path = _strip_minor_version(scope["path"])
         if path != scope["path"]:
             scope = dict(scope, path=path, raw_path=path.encode())
+        if _other_version(path):
+            # Glance's version negotiation: a version it does not serve gets the list (300).
+            await json_response(versions_document(str(Request(scope).base_url)), 300)(scope, receive, send)
+            return
         if path not in _PUBLIC_PATHS:
             service: Service = scope["app"].state.service
             try:
@@ -139,5 +154,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
     )
+    # Glance answers /v2/images/ with 404, not a redirect to /v2/images.
+    app.router.redirect_slashes = False
     app.add_middleware(ApiMiddleware)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -47,6 +48,15 @@ def _make_data_dir(settings: Settings) -> None:
         raise SettingsError("data_dir", f"cannot create {settings.data_dir}: {exc.strerror}") from exc
 
 
+def _raise_open_files(connections: int) -> None:
+    """Let each worker hold ``connections`` sockets besides its files (the soft limit is often
+    1024); the hard limit is the operator's to raise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 1024
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -76,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # handlers that re-raise becomes a normal exit 0 instead of death by signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
+    _raise_open_files(settings.max_connections)
     uvicorn.run(
         "imgproxy.main:app_from_environment",
         factory=True,

@@ -154,6 +154,9 @@ def parse_query(params: list[tuple[str, str]]) -> ListQuery:
             q.marker = _marker(raw)
         elif key in ("sort_key", "sort_dir", "sort"):
             continue
+        elif key == "changes-since":
+            # The v1 filter; Glance's v2 refuses it (filter on updated_at=gte:<time> instead).
+            raise BadRequest("The 'changes-since' filter is no longer available on v2; use updated_at=gte:<time>.")
         elif key == "member_status":
             if raw == "all":
                 q.member_status = MEMBER_STATUSES

@@ -81,11 +81,18 @@ def parse_patch(ctx: RequestContext, body: Any, media_type: str) -> list[Change]
     return changes
 
 
+# Attributes that describe the data: set while the image is queued, fixed afterwards (Glance).
+_QUEUED_ONLY = frozenset({"disk_format", "container_format"})
+
+
 def apply_patch(record: dict[str, Any], changes: list[Change], media_type: str) -> dict[str, Any]:
     """Apply validated changes to ``record`` (a copy the caller owns) and return it."""
     for change in changes:
         key = change.key
         present = key in BASE or key in record
+        if key in _QUEUED_ONLY and record.get("status") != "queued" and record.get(key) != change.value:
+            # Glance: the data's format cannot change under it once it has data.
+            raise Forbidden(f"Attribute {key} can be only replaced for a queued image.")
         if change.op == "replace":
             if not present:
                 raise Conflict(f"Property {key} does not exist.")

@@ -332,9 +332,11 @@ class Registry:
         os_hash_algo: str,
         os_hash_value: str,
         location: str,
+        virtual_size: int | None = None,
         also: Callable[[lmdb.Transaction], None] | None = None,
     ) -> dict[str, Any] | None:
-        """saving -> active with the data's size and digests, in one transaction with ``also``.
+        """saving -> active with the data's size, virtual size and digests, in one transaction
+        with ``also``.
 
         Returns None (and runs nothing) if the image was deleted or is no longer saving.
         """
@@ -350,6 +352,7 @@ class Registry:
                 checksum=checksum,
                 os_hash_algo=os_hash_algo,
                 os_hash_value=os_hash_value,
+                virtual_size=virtual_size,
                 _locations=[{"url": location, "metadata": {}}],
                 updated_at=utc_now()[0],
             )

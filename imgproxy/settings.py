@@ -54,7 +54,9 @@ class Settings:
     # Largest JSON request body (create, patch, members).
     max_json_body: int = 64 * KiB
     # Connections (per worker process) served at once; a request on one more is answered 503.
-    max_connections: int = 1000
+    # High, because connections are cheap on the event loop and idle ones are closed after
+    # keepalive_timeout: a thousand idle connections must not turn a compute node away.
+    max_connections: int = 4096
     # Connections the kernel queues before the service accepts them (listen(2) backlog).
     listen_backlog: int = 2048
     # Seconds a connection may wait, idle or receiving a request head, before it is closed.

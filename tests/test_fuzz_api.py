@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the metadata routes against a real server (hypothesis).
+"""Property-based fuzzing of the API's routes against a real server (hypothesis).
 
 Hypothesis builds requests from the API's own vocabulary (routes, parameters, attribute names,
 json-patch operations, id spellings) mixed with arbitrary text, numbers and JSON, and sends each
@@ -137,6 +137,9 @@ def requests(
         f"/v2/images/{image}/members/{part}", f"/v2/images/{image}/tags/{part}",
         f"/v2/images/{image}/actions/deactivate", f"/v2/images/{image}/actions/reactivate",
         f"/v2/images/{image}/locations", f"/v2/cache/{image}", "/v2/schemas/image", "/versions", "/v2.9/images",
+        f"/v2/images/{image}/stage", f"/v2/images/{image}/import", f"/v2/images/{image}/tasks", "/v2/tasks",
+        "/v2/cache", "/v2/cache/stats", "/v2/info/import", "/v2/info/stores", "/v2/metadefs/namespaces",
+        f"/v2/metadefs/namespaces/{part}", f"/v2/metadefs/namespaces/{part}/objects", "/v7/images", "/",
     ]))  # fmt: skip
     method = draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]))
     headers = {"X-Auth-Token": draw(st.one_of(st.sampled_from(world.tokens), header_text))}

@@ -82,7 +82,7 @@ def _name() -> str:
 
 def test_cli_create_with_file_show_download_delete(glance: Callable[..., subprocess.CompletedProcess[str]], payload_file: Path, tmp_path: Path) -> None:
     name = _name()
-    out = glance("image-create", "--name", name, "--disk-format", "qcow2", "--container-format", "bare",
+    out = glance("image-create", "--name", name, "--disk-format", "raw", "--container-format", "bare",
                  "--file", str(payload_file), "--property", "os_distro=debian").stdout
     props = parse_table(out)
     assert props["status"] == "active" and props["name"] == name
@@ -91,7 +91,7 @@ def test_cli_create_with_file_show_download_delete(glance: Callable[..., subproc
     assert props["os_hash_algo"] == "sha512" and props["os_hash_value"] == hashlib.sha512(PAYLOAD).hexdigest()
     assert props["os_distro"] == "debian"
     iid = props["id"]
-    assert parse_table(glance("image-show", iid).stdout)["disk_format"] == "qcow2"
+    assert parse_table(glance("image-show", iid).stdout)["disk_format"] == "raw"
     target = tmp_path / "out.img"
     glance("image-download", "--file", str(target), iid)  # the client verifies the hash while writing
     assert target.read_bytes() == PAYLOAD

@@ -39,7 +39,7 @@ def lifecycle(conn: "openstack.connection.Connection", payload_file: Path, tmp_p
     """create from a file, list, get, update, tag, download (verified), deactivate/reactivate, delete."""
     name = _name()
     created = conn.image.create_image(
-        name=name, filename=str(payload_file), disk_format="qcow2", container_format="bare", os_distro="debian"
+        name=name, filename=str(payload_file), disk_format="raw", container_format="bare", os_distro="debian"
     )
     image = conn.image.get_image(created.id)
     assert image.status == "active" and image.name == name

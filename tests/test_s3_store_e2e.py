@@ -98,7 +98,7 @@ def test_glanceclient_upload_and_download(imgproxy_on_s3: ServerProcess, s3_serv
     import glanceclient
 
     glance = glanceclient.Client("2", endpoint=imgproxy_on_s3.url, token=imgproxy_on_s3.admin_token)
-    image = glance.images.create(name="gc-on-s3", disk_format="qcow2", container_format="bare")
+    image = glance.images.create(name="gc-on-s3", disk_format="raw", container_format="bare")
     glance.images.upload(image.id, io.BytesIO(DATA), image_size=len(DATA))
     assert glance.images.get(image.id).status == "active"
     assert _object(s3_server, s3_prefix, image.id) == DATA

@@ -1,9 +1,11 @@
 """Upload: ``PUT /v2/images/{image_id}/file``'s workflow.
 
 The body streams once, never held whole in memory: counted against
-``image_size_cap``, cut into chunks that go into the cache (which hashes md5
-``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass)
-while the same pieces go to the writable store. The image turns ``active`` only after
+``image_size_cap``, inspected as it passes (:mod:`imgproxy.formats`: data that contradicts
+the declared ``disk_format`` or is unsafe is refused with 415 as soon as that is certain;
+the verdict gives ``virtual_size``), cut into chunks that go into the cache (which hashes md5
+``checksum``, sha512 ``os_hash_value`` and each chunk's address in the same pass) while the
+same pieces go to the writable store. The image turns ``active`` only after
 the store committed the bytes, in the transaction that records its manifest; any
 failure (cap exceeded, client gone, store error, the finishing transaction itself)
 aborts both and puts the image back to ``queued``, leaving nothing referenced.
@@ -16,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
@@ -24,13 +26,14 @@ from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
-from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
+from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from ..formats import FormatInspector, FormatRefused, open_inspector
 from .errors import store_error
 
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["Uploads", "StoredData", "store_data"]
+__all__ = ["Uploads", "StoredData", "store_data", "inspector_for", "refused"]
 
 log = logging.getLogger("imgproxy.data")
 
@@ -50,7 +53,15 @@ def _too_large(message: str) -> PayloadTooLarge:
     return PayloadTooLarge(message, headers={"Connection": "close"})
 
 
-async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int) -> int:
+def refused(exc: FormatRefused, declared: str | None) -> UnsupportedMediaType:
+    # Glance 33 answers 415 both for data that contradicts disk_format and for unsafe images.
+    # The rest of the body is not read: the connection cannot carry another request.
+    return UnsupportedMediaType(f"Image data refused (declared disk_format {declared}, detected "
+                                f"{exc.detected or 'unknown'}): {exc.reason}", headers={"Connection": "close"})
+
+
+async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int,
+                        inspector: FormatInspector | None = None) -> int:
     """Stream ``body`` into ``writer`` and ``ingest`` in pieces of ``_piece_size``; return its size.
 
     Each byte is copied once in Python (joining the received parts into a piece). One
@@ -78,6 +89,8 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
             size += len(part)
             if size > cap:
                 raise _too_large(f"Image exceeds the storage quota: the limit is {cap} bytes.")
+            if inspector is not None:
+                inspector.feed(part)  # raises FormatRefused once the data is certainly refused
             view = memoryview(part)
             while held + len(view) >= piece_size:
                 take = piece_size - held
@@ -106,27 +119,45 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
 
 @dataclass(frozen=True, slots=True)
 class StoredData:
-    """Image data a store committed: its size, its manifest (not yet recorded), its location."""
+    """Image data a store committed: its size, its manifest (not yet recorded), its location,
+    and the virtual size its format inspection found (None when not inspected)."""
 
     size: int
     manifest: Manifest
     location: str
+    virtual_size: int | None = None
+
+
+def inspector_for(record: dict[str, Any]) -> FormatInspector | None:
+    """The format inspector for an image's data: Glance inspects bare data only (a
+    container's own format is not the disk's)."""
+    if record.get("container_format") != "bare" or not record.get("disk_format"):
+        return None
+    return open_inspector(record["disk_format"])
 
 
 async def store_data(service: "Service", image_id: str, body: AsyncIterator[bytes], store: WriteBackend, cap: int,
-                     declared: int | None) -> StoredData:
-    """Stream ``body`` once into ``store`` and the cache (which hashes it), then commit both.
+                     declared: int | None, inspector: FormatInspector | None = None) -> StoredData:
+    """Stream ``body`` once into ``store`` and the cache (which hashes it), inspecting its
+    format on the way (with ``inspector``), then commit both.
 
     Raises PayloadTooLarge past ``cap``, BadRequest when ``declared`` is given and the body
-    differs, BackendError from the store, and whatever ``body`` raises. On any failure (and
-    cancellation) nothing is kept: the store's writer and the cache's ingest are aborted.
+    differs, FormatRefused (data that contradicts its disk_format, or unsafe), BackendError
+    from the store, and whatever ``body`` raises. On any failure (and cancellation) nothing
+    is kept: the store's writer and the cache's ingest are aborted.
     """
     writer = await store.open_writer(image_id)
     ingest = service.cache.open_ingest(image_id)
     try:
-        size = await _receive_into(body, writer, ingest, cap)
+        size = await _receive_into(body, writer, ingest, cap, inspector)
         if declared is not None and size != declared:
             raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+        virtual_size = None
+        if inspector is not None:
+            verdict = inspector.finish(size)
+            if verdict.refusal is not None:
+                raise verdict.refusal
+            virtual_size = verdict.virtual_size
         manifest = await ingest.finish()
         location = await writer.commit()
     except BaseException:
@@ -134,7 +165,7 @@ async def store_data(service: "Service", image_id: str, body: AsyncIterator[byte
             await ingest.abort()
             await writer.abort()
         raise
-    return StoredData(size, manifest, location)
+    return StoredData(size, manifest, location, virtual_size)
 
 
 # Seconds a client refused for too many uploads is told to wait.
@@ -172,12 +203,16 @@ class Uploads:
                 "The configured image store is read-only; image data cannot be uploaded here.",
                 headers={"Allow": "GET, HEAD"},
             )
+        if record.get("disk_format") is None or record.get("container_format") is None:
+            raise BadRequest("Properties disk_format and container_format must be set prior to uploading "
+                             "image data.")
         cap = service.settings.image_size_cap
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
         async with self.slot():
             await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
-            await self._store_body(body, store, image_id, cap, declared)
+            await self._store_body(body, store, image_id, cap, declared, inspector_for(record),
+                                   record["disk_format"])
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -199,20 +234,22 @@ class Uploads:
         await self._s.writer.run(self._s.registry.fail_upload, image_id)
 
     async def _store_body(self, body: AsyncIterator[bytes], store: WriteBackend, image_id: str, cap: int,
-                          declared: int | None) -> None:
+                          declared: int | None, inspector: FormatInspector | None, disk_format: str) -> None:
         """Write the body, commit, activate."""
         try:
-            stored = await store_data(self._s, image_id, body, store, cap, declared)
+            stored = await store_data(self._s, image_id, body, store, cap, declared, inspector)
         except BaseException as exc:
             with CancelScope(shield=True):
                 await self._fail(image_id)
             if isinstance(exc, BackendError):
                 raise store_error(exc, "store the image data") from exc
+            if isinstance(exc, FormatRefused):
+                raise refused(exc, disk_format) from exc
             raise
-        await self._activate(store, image_id, stored.size, stored.manifest, stored.location)
+        await self._activate(store, image_id, stored.size, stored.manifest, stored.location, stored.virtual_size)
 
     async def _activate(self, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
-                        location: str) -> None:
+                        location: str, virtual_size: int | None) -> None:
         service = self._s
         assert manifest.checksum is not None and manifest.os_hash_value is not None
         try:
@@ -223,6 +260,7 @@ class Uploads:
                 os_hash_algo=OS_HASH_ALGO,
                 os_hash_value=manifest.os_hash_value,  # type: ignore[arg-type]
                 location=location,
+                virtual_size=virtual_size,
                 also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
             ))
         except BaseException:
