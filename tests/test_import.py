@@ -290,15 +290,16 @@ def test_glance_download_from_another_imgproxy(server_factory: Callable[..., Ser
     source = server_factory(noauth=True, config={"chunk_size": CHUNK})
     target = server_factory(noauth=True, config=config(glance_download={"regions": {"RegionTwo": source.url}}))
     with httpx.Client(base_url=source.url, timeout=30) as src, httpx.Client(base_url=target.url, timeout=30) as dst:
-        remote_id = src.post("/v2/images", json={"name": "remote", "disk_format": "qcow2", "container_format": "bare",
+        remote_id = src.post("/v2/images", json={"name": "remote", "disk_format": "iso", "container_format": "ova",
                                                  "hw_disk_bus": "scsi", "os_distro": "debian",
                                                  "not_copied": "x"}).json()["id"]
         assert src.put(f"/v2/images/{remote_id}/file", content=DATA, headers=OCTETS).status_code == 204
-        image_id = new_image(dst, name="local")
+        image_id = new_image(dst, name="local")  # raw/bare: the remote's formats replace them
         r = start_import(dst, image_id, "glance-download", glance_region="RegionTwo", glance_image_id=remote_id)
         assert r.status_code == 202, r.text
         image = assert_imported(dst, image_id, DATA)
-        assert image["disk_format"] == "qcow2" and image["hw_disk_bus"] == "scsi" and image["os_distro"] == "debian"
+        assert (image["disk_format"], image["container_format"]) == ("iso", "ova")
+        assert image["hw_disk_bus"] == "scsi" and image["os_distro"] == "debian"
         assert "not_copied" not in image
         task = dst.get(f"/v2/images/{image_id}/tasks").json()["tasks"][0]
         assert task["input"]["import_req"]["method"]["glance_service_interface"] == "public"

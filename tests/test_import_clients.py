@@ -109,7 +109,7 @@ def test_glance_cli_web_download(glance: Callable[..., str], target: ServerProce
 
 def test_glance_cli_glance_download(glance: Callable[..., str], target: ServerProcess, remote: ServerProcess) -> None:
     with httpx.Client(base_url=remote.url) as src:
-        remote_id = src.post("/v2/images", json={"disk_format": "qcow2", "container_format": "bare",
+        remote_id = src.post("/v2/images", json={"disk_format": "iso", "container_format": "ova",
                                                  "os_distro": "cirros"}).json()["id"]
         assert src.put(f"/v2/images/{remote_id}/file", content=DATA,
                        headers={"Content-Type": "application/octet-stream"}).status_code == 204
@@ -118,7 +118,7 @@ def test_glance_cli_glance_download(glance: Callable[..., str], target: ServerPr
                                "--remote-region", "RegionTwo", "--remote-image-id", remote_id))
     check_data(target, props["id"])
     shown = parse_table(glance("image-show", props["id"]))
-    assert shown["disk_format"] == "qcow2" and shown["os_distro"] == "cirros"
+    assert shown["disk_format"] == "iso" and shown["container_format"] == "ova" and shown["os_distro"] == "cirros"
 
 
 def test_glance_cli_image_stage_then_import(glance: Callable[..., str], target: ServerProcess, tmp_path: Path) -> None:

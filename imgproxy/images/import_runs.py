@@ -34,7 +34,8 @@ from ..import_records import LOCK
 from ..sources import resolve_source
 from ..webfetch import WebDownloadError, open_web_download
 from .remote_glance import RemoteGlance, RemoteGlanceError
-from .uploads import store_data
+from ..formats import FormatRefused
+from .uploads import inspector_for, refused, store_data
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -267,8 +268,13 @@ class ImportRunner:
             await service.writer.run(lambda: self._i.records.store_done(
                 image_id, task_id, name, location, activate=activate))
             return
-        async with source.open() as body:
-            stored = await store_data(service, image_id, body, store, service.settings.image_size_cap, source.size)
+        record = service.registry.get(image_id) or {}
+        try:
+            async with source.open() as body:
+                stored = await store_data(service, image_id, body, store, service.settings.image_size_cap, source.size,
+                                          inspector_for(record))
+        except FormatRefused as exc:
+            raise ImportFailed(refused(exc, record.get("disk_format")).message) from exc
         written.append((store, stored.location))
         manifest = stored.manifest
         if source.sha512 is not None and manifest.os_hash_value != source.sha512:
@@ -276,6 +282,8 @@ class ImportRunner:
                                f"(got {manifest.os_hash_value}).")
         data = {"size": stored.size, "checksum": manifest.checksum, "os_hash_algo": OS_HASH_ALGO,
                 "os_hash_value": manifest.os_hash_value}
+        if stored.virtual_size is not None:
+            data["virtual_size"] = stored.virtual_size
         await service.writer.run(lambda: self._i.records.store_done(
             image_id, task_id, name, stored.location, activate=activate, data=data,
             also=lambda txn: service.cache.record_manifest(txn, image_id, manifest)))

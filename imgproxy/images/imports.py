@@ -20,6 +20,7 @@ from .. import policy
 from ..attrs import is_uuid
 from ..context import RequestContext
 from ..errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadTooLarge
+from ..formats import FormatRefused
 from ..import_records import ImportRecords
 from ..owners import current_owner
 from ..registry import Registry, stream_prefix
@@ -30,6 +31,7 @@ from .import_stores import ImportStores
 from .records import BodyReader
 from .remote_glance import GlanceRegions
 from .staging import StagingArea
+from .uploads import inspector_for, refused
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -126,10 +128,13 @@ class Imports:
             await service.writer.run(self.records.begin_stage, image_id)
             try:
                 size = await self.staging.receive(image_id, body, cap, lambda limit: PayloadTooLarge(
-                    f"The incoming image is too large: the limit is {limit} bytes.", headers={"Connection": "close"}))
-            except BaseException:
+                    f"The incoming image is too large: the limit is {limit} bytes.", headers={"Connection": "close"}),
+                    inspector_for(record))
+            except BaseException as exc:
                 with CancelScope(shield=True):
                     await service.writer.run(self.records.fail_stage, image_id)
+                if isinstance(exc, FormatRefused):
+                    raise refused(exc, record.get("disk_format")) from exc
                 raise
         if not await service.writer.run(self.records.end_stage, image_id, size, self.self_url):
             self.staging.remove(image_id)

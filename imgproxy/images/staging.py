@@ -17,6 +17,8 @@ from pathlib import Path
 
 from backends import PIECE_SIZE
 
+from ..formats import FormatInspector
+
 __all__ = ["StagingArea"]
 
 _READ = 4 * PIECE_SIZE
@@ -35,11 +37,12 @@ class StagingArea:
         return self.path(image_id).is_file()
 
     async def receive(self, image_id: str, body: AsyncIterator[bytes], cap: int,
-                      too_large: Callable[[int], Exception]) -> int:
+                      too_large: Callable[[int], Exception], inspector: FormatInspector | None = None) -> int:
         """Write ``body`` as ``image_id``'s staged data; return its size.
 
-        Raises ``too_large(cap)`` past ``cap`` bytes, and whatever ``body`` raises; on any
-        failure nothing is left (the temp file is removed).
+        Raises ``too_large(cap)`` past ``cap`` bytes, FormatRefused when ``inspector`` refuses
+        the data, and whatever ``body`` raises; on any failure nothing is left (the temp file
+        is removed).
         """
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         tmp = self.root / f".{image_id}.{secrets.token_hex(4)}.tmp"
@@ -52,6 +55,8 @@ class StagingArea:
                 size += len(part)
                 if size > cap:
                     raise too_large(cap)
+                if inspector is not None:
+                    inspector.feed(part)  # raises FormatRefused once the data is certainly refused
                 parts.append(part)
                 held += len(part)
                 if held >= _READ:
@@ -59,6 +64,8 @@ class StagingArea:
                     parts, held = [], 0
             if parts:
                 await asyncio.to_thread(_write_all, fd, b"".join(parts))
+            if inspector is not None and (refusal := inspector.finish(size).refusal) is not None:
+                raise refusal
             await asyncio.to_thread(os.fsync, fd)
         except BaseException:
             os.close(fd)
