@@ -226,3 +226,13 @@ def test_edge_sends_each_central_byte_once_whatever_the_nodes(tmp_path: Path) ->
     # of a 2 MiB image would be 2.0.
     assert all(1.0 <= r["central_ratio"] <= 1.05 for r in rows if r["path"] == "edge"), rows
     assert all(r["central_ratio"] >= 4 for r in rows if r["path"] == "direct")
+
+
+def test_import_scenario_imports_with_both_methods_on_imgproxy_and_glance(tmp_path: Path) -> None:
+    require_glance_venv()
+    rows = _tiny_run(tmp_path, ["import"], [], import_size=2 << 20)["import"].rows
+    assert [(r["system"], r["method"]) for r in rows] == [
+        ("imgproxy", "web-download"), ("imgproxy", "glance-direct"), ("glance", "web-download"),
+        ("glance", "glance-direct")]
+    for row in rows:
+        assert row["status"] == "ok" and row["digests_ok"] and row["total_s"] > 0, row
