@@ -186,22 +186,35 @@ class FileBackend:
         # where direct I/O is slow or refused.
         self.direct_io = direct_io
 
-    @classmethod
-    def from_url(cls, url: str, options: Mapping[str, Any]) -> FileBackend:
-        """``file:///abs/dir``: the directory is created if missing."""
+    @staticmethod
+    def _parse(url: str, options: Mapping[str, Any]) -> tuple[Path, bool]:
         parts = urlsplit(url)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
             raise BackendError(f"not a local file URL: {url!r}", location=url)
         path = Path(unquote(parts.path))
         if not path.is_absolute():
             raise BackendError(f"file store path must be absolute: {url!r}", location=url)
+        unknown = sorted(set(options) - {"direct_io"})
+        if unknown:
+            raise ValueError(f"file store option {unknown[0]!r}: unknown (known: direct_io)")
+        direct_io = options.get("direct_io", True)
+        if not isinstance(direct_io, bool):
+            raise ValueError(f"file store option 'direct_io' must be true or false, got {direct_io!r}")
+        return path, direct_io
+
+    @classmethod
+    def validate(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Check the URL and options without touching the disk: BackendError (URL), ValueError (option)."""
+        cls._parse(url, options)
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, Any]) -> FileBackend:
+        """``file:///abs/dir``: the directory is created if missing."""
+        path, direct_io = cls._parse(url, options)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create file store {path}: {exc.strerror}", location=url) from exc
-        direct_io = options.get("direct_io", True)
-        if not isinstance(direct_io, bool):
-            raise ValueError(f"file store option 'direct_io' must be true or false, got {direct_io!r}")
         return cls(path.resolve(), direct_io=direct_io)
 
     # -- naming ---------------------------------------------------------------

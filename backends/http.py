@@ -177,6 +177,11 @@ class HttpBackend:
         return self._fast.stats if self._fast is not None else FastStats()
 
     @classmethod
+    def validate(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Check the options as :meth:`from_url` does, without building a client."""
+        HttpOptions.from_mapping(options)
+
+    @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> HttpBackend:
         """Build the backend; ``url`` only chose the scheme (any http(s) location is readable)."""
         return cls(HttpOptions.from_mapping(options))

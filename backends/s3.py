@@ -129,6 +129,15 @@ class S3Backend:
         Raises :class:`BackendError` for a URL that names no bucket (it may come from a
         request, as an image location) and ``ValueError`` naming a bad option.
         """
+        return cls(*cls._parse(url, options))
+
+    @classmethod
+    def validate(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Check the URL and options as :meth:`from_url` does, without building a client."""
+        cls._parse(url, options)
+
+    @staticmethod
+    def _parse(url: str, options: Mapping[str, Any]) -> tuple[str, str, S3Options]:
         parts = urlsplit(url)
         if parts.scheme != "s3" or parts.query or parts.fragment or "@" in parts.netloc:
             raise BackendError(f"s3 store URL must be s3://bucket[/prefix], got {url!r}", location=url)
@@ -138,7 +147,7 @@ class S3Backend:
         segments = [s for s in unquote(parts.path).split("/") if s]
         if any(s in (".", "..") for s in segments):
             raise BackendError(f"s3 store URL {url!r}: the prefix must not contain '.' or '..'", location=url)
-        return cls(bucket, "/".join(segments), S3Options.from_mapping(options))
+        return bucket, "/".join(segments), S3Options.from_mapping(options)
 
     # -- naming ---------------------------------------------------------------
 

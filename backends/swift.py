@@ -61,6 +61,12 @@ class SwiftBackend:
         self._container_ready = False
 
     @classmethod
+    def validate(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Check the URL and options as :meth:`from_url` does, without building a client."""
+        parse_swift_url(url)
+        SwiftOptions.from_mapping(options)
+
+    @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> SwiftBackend:
         """``swift://container[/prefix]`` with the ``[swift]`` options. Does not touch the network."""
         container, prefix = parse_swift_url(url)

@@ -157,10 +157,7 @@ async def _run_cache_action(settings: Settings, action: str, stale_age: float | 
             return f"pruned {pruned.files} chunk files, {pruned.bytes} bytes"
         if action == "clean":
             age = settings.stale_temp_age if stale_age is None else stale_age
-            store_temp = 0
-            sweep = getattr(service.backends.default, "sweep_temp", None)
-            if sweep is not None:
-                store_temp = await asyncio.to_thread(sweep, age)
+            store_temp = await service.backends.sweep_temp(age)
             cleaned = await cache.clean(stale_age=age)
             return (
                 f"cleaned {cleaned.temp_files} temp files, {cleaned.fill_files} fill files, "

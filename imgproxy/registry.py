@@ -13,9 +13,12 @@ Layout (named databases of the service's one environment):
   filters in memory anyway.
 - ``members``: ``<image id>\\0<member>`` -> member JSON.
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
-- ``delete_journal``: image id -> ``{"locations": [url, ...]}`` of a deleted image whose
-  store data and manifest may still exist; written in the transaction that deletes the
-  record, removed by the reaper once both are gone (so a crash in between loses nothing).
+- ``delete_journal``: image id -> ``{"locations": [{"url", "store"}, ...], "not_before": us}``
+  of a deleted image whose store data and manifest may still exist; written in the
+  transaction that deletes the record, removed by the reaper once both are gone (so a crash
+  in between loses nothing). With delayed delete the record stays meanwhile, status
+  ``pending_delete``, shown to admins only and in no index (Glance's deleted rows), and the
+  reaper removes it with the journal entry, not before ``not_before``.
 
 Every write updates the record and its index entries in ONE write transaction. All
 methods are synchronous and short. Write transactions begin through ``write_txn``, which
@@ -77,7 +80,10 @@ def _order(record: dict[str, Any]) -> bytes:
 
 
 def _index_keys(record: dict[str, Any]) -> set[bytes]:
-    """Every index key of a record (members' keys are kept by the member methods)."""
+    """Every index key of a record (members' keys are kept by the member methods); none
+    for a ``pending_delete`` one, which no listing shows."""
+    if record.get("status") == "pending_delete":
+        return set()
     order = _order(record)
     keys = {b"c" + order}
     if record.get("owner") is not None:
@@ -93,6 +99,11 @@ def _index_keys(record: dict[str, Any]) -> set[bytes]:
 
 def _member_key(image_id: str, member: str) -> bytes:
     return f"{image_id}\0{member}".encode()
+
+
+def _location(url: str, store: str | None) -> dict[str, Any]:
+    """A location as Glance keeps it: its URL, and the id of the store holding it in ``metadata``."""
+    return {"url": url, "metadata": {"store": store} if store else {}}
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -184,6 +195,8 @@ class Registry:
         record = self.load(txn, image_id)
         if record is None or record.get("status") == "deleted":
             raise NotFound(f"No image found with ID {image_id}")
+        if record.get("status") == "pending_delete" and not ctx.is_admin:
+            raise NotFound(f"No image found with ID {image_id}")  # deleted, as far as users can tell
         status = None if ctx.is_admin else self.member_status(txn, image_id, ctx.project_id)
         if not policy.is_visible(ctx, record, status):
             raise NotFound(f"No image found with ID {image_id}")
@@ -198,6 +211,8 @@ class Registry:
         """The record for a write: with ``ctx``, visible (else NotFound) and modifiable (else Forbidden)."""
         if ctx is not None:
             record = self._visible(txn, ctx, image_id)
+            if record.get("status") == "pending_delete":
+                raise NotFound(f"Image {image_id} is deleted (pending_delete); it cannot be changed.")
             policy.check_modify(ctx, record)
             return record
         found = self.load(txn, image_id)
@@ -271,46 +286,70 @@ class Registry:
 
         return self.update(image_id, change, ctx=ctx)
 
-    def delete(self, image_id: str, *, ctx: RequestContext | None = None) -> dict[str, Any]:
-        """Remove a record, its indexes and members; leave a tombstone. Returns the old record.
+    def delete(self, image_id: str, *, ctx: RequestContext | None = None, delay: float | None = None) -> dict[str, Any]:
+        """Delete a record (its indexes and members; a tombstone stays) and journal its data
+        for the reaper. Returns the old record, its new ``status`` set.
 
-        With ``ctx``: NotFound unless visible, Forbidden unless modifiable or when protected.
+        With ``delay`` (seconds; Glance's delayed delete) an image with data turns
+        ``pending_delete`` instead of going, and the reaper takes it and its data not before
+        ``delay`` seconds from now. With ``ctx``: NotFound unless visible, Forbidden unless
+        modifiable or when protected.
         """
         with write_txn(self.env) as txn:
             old = self._modifiable(txn, ctx, image_id)
             if old.get("protected"):
                 raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
             check_transition(old["status"], "deleted")
-            self._write(txn, old, None)
+            locations = [{"url": str(loc["url"]), "store": (loc.get("metadata") or {}).get("store")}
+                         for loc in old.get("_locations") or [] if loc.get("url")]
+            deleted_at, now_us = utc_now()
+            pending = delay is not None and bool(locations)
             for member in self._member_rows(txn, image_id):
                 self._drop_member(txn, old, member)
-            deleted_at = utc_now()[0]
+            if pending:
+                self._write(txn, old, dict(old, status="pending_delete", updated_at=deleted_at, _deleted_us=now_us))
+            else:
+                self._write(txn, old, None)
             tomb = {"deleted_at": deleted_at, "owner": old.get("owner"), "_locations": old.get("_locations", [])}
             txn.put(image_id.encode(), _dumps(tomb), db=self._deleted)
-            urls = [str(loc["url"]) for loc in old.get("_locations") or [] if loc.get("url")]
-            txn.put(image_id.encode(), _dumps({"locations": urls}), db=self._journal)
-        old["status"] = "deleted"
+            not_before = now_us + int((delay or 0) * 1e6) if pending else 0
+            txn.put(image_id.encode(), _dumps({"locations": locations, "not_before": not_before}), db=self._journal)
+        old["status"] = "pending_delete" if pending else "deleted"
         return old
 
-    def pending_deletes(self, image_id: str | None = None) -> list[tuple[str, list[str]]]:
-        """Deleted images whose data may remain, as ``(image_id, location urls)``; only
-        ``image_id``'s entry when given. Cost grows with the deletes not yet reaped."""
+    def pending_deletes(self, image_id: str | None = None, *, due_us: int | None = None
+                        ) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Deleted images whose data may remain, as ``(image_id, [{"url", "store"}])``: only
+        ``image_id``'s entry when given; with ``due_us``, only entries due by then. Cost
+        grows with the deletes not yet reaped."""
+        def entry(raw: bytes) -> tuple[list[dict[str, Any]], int]:
+            doc = json.loads(raw)
+            # Entries of earlier versions list bare URLs.
+            locations = [loc if isinstance(loc, dict) else {"url": loc, "store": None} for loc in doc["locations"]]
+            return locations, int(doc.get("not_before", 0))
+
         with self.read() as txn:
             if image_id is not None:
                 raw = txn.get(image_id.encode(), db=self._journal)
-                return [] if raw is None else [(image_id, list(json.loads(bytes(raw))["locations"]))]
-            return [(bytes(k).decode(), list(json.loads(bytes(v))["locations"]))
-                    for k, v in txn.cursor(db=self._journal)]
+                rows = [] if raw is None else [(image_id, *entry(bytes(raw)))]
+            else:
+                rows = [(bytes(k).decode(), *entry(bytes(v))) for k, v in txn.cursor(db=self._journal)]
+        return [(i, locations) for i, locations, not_before in rows if due_us is None or not_before <= due_us]
 
     def reaped(self, image_id: str) -> None:
-        """The deleted image's data and manifest are gone: drop its journal entry."""
+        """The deleted image's data and manifest are gone: drop its journal entry, and its
+        record if it was left ``pending_delete``."""
         with write_txn(self.env) as txn:
             txn.delete(image_id.encode(), db=self._journal)
+            record = self.load(txn, image_id)
+            if record is not None and record.get("status") == "pending_delete":
+                self._write(txn, record, None)
 
     # ---- the upload lifecycle (called by the data API) --------------------------------
 
-    def begin_upload(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
-        """queued -> saving for a visible, modifiable image, atomically.
+    def begin_upload(self, ctx: RequestContext, image_id: str, store: str | None = None) -> dict[str, Any]:
+        """queued -> saving for a visible, modifiable image, atomically; ``store`` (kept as
+        ``_upload_store`` until the upload ends) is where its data goes.
 
         Raises NotFound / Forbidden / Conflict("image is not queued").
         """
@@ -319,7 +358,8 @@ class Registry:
             policy.check_modify(ctx, old)
             if old["status"] != "queued":
                 raise Conflict(f"Image {image_id} is not queued (status {old['status']}); its data cannot be uploaded.")
-            new = dict(old, status="saving", updated_at=utc_now()[0], _upload_owner=current_owner())
+            new = dict(old, status="saving", updated_at=utc_now()[0], _upload_owner=current_owner(),
+                       _upload_store=store)
             self._write(txn, old, new)
             return new
 
@@ -333,10 +373,11 @@ class Registry:
         os_hash_value: str,
         location: str,
         virtual_size: int | None = None,
+        store: str | None = None,
         also: Callable[[lmdb.Transaction], None] | None = None,
     ) -> dict[str, Any] | None:
-        """saving -> active with the data's size, virtual size and digests, in one transaction
-        with ``also``.
+        """saving -> active with the data's size, virtual size and digests, its one location in
+        ``store``, in one transaction with ``also``.
 
         Returns None (and runs nothing) if the image was deleted or is no longer saving.
         """
@@ -344,7 +385,7 @@ class Registry:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return None
-            old_without_owner = {k: v for k, v in old.items() if k != "_upload_owner"}
+            old_without_owner = {k: v for k, v in old.items() if k not in ("_upload_owner", "_upload_store")}
             new = dict(
                 old_without_owner,
                 status="active",
@@ -353,7 +394,7 @@ class Registry:
                 os_hash_algo=os_hash_algo,
                 os_hash_value=os_hash_value,
                 virtual_size=virtual_size,
-                _locations=[{"url": location, "metadata": {}}],
+                _locations=[_location(location, store)],
                 updated_at=utc_now()[0],
             )
             if also is not None:
@@ -367,7 +408,7 @@ class Registry:
             old = self.load(txn, image_id)
             if old is None or old.get("status") != "saving":
                 return
-            new = {k: v for k, v in old.items() if k != "_upload_owner"}
+            new = {k: v for k, v in old.items() if k not in ("_upload_owner", "_upload_store")}
             self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
 
     def orphaned_uploads(self) -> list[str]:
@@ -395,7 +436,7 @@ class Registry:
                 old = self.load(txn, image_id)
                 if old is None or old.get("_upload_owner") is None or owner_alive(old["_upload_owner"]):
                     continue
-                new = {k: v for k, v in old.items() if k != "_upload_owner"}
+                new = {k: v for k, v in old.items() if k not in ("_upload_owner", "_upload_store")}
                 self._write(txn, old, dict(new, status="queued", updated_at=utc_now()[0]))
                 requeued.append(image_id)
         return requeued
@@ -414,6 +455,7 @@ class Registry:
         *,
         size: int,
         validation: dict[str, str] | None,
+        store: str | None = None,
         also: Callable[[lmdb.Transaction], None] | None = None,
     ) -> dict[str, Any]:
         """Record ``url`` as a queued image's data: with ``validation`` (checksum optional,
@@ -426,7 +468,7 @@ class Registry:
             old = self._visible(txn, ctx, image_id)
             if old["status"] != "queued":
                 raise Conflict(f"Image {image_id} is not queued (status {old['status']}); cannot add a location.")
-            new = dict(old, size=size, _locations=[{"url": url, "metadata": {}}], updated_at=utc_now()[0])
+            new = dict(old, size=size, _locations=[_location(url, store)], updated_at=utc_now()[0])
             if validation is not None:
                 new.update(status="active", checksum=validation.get("checksum"), **{
                     k: validation[k] for k in ("os_hash_algo", "os_hash_value")})

@@ -11,7 +11,7 @@ from typing import Any
 
 import lmdb
 
-from backends import BackendError, Backends
+from backends import BackendError, Backends, UnknownStore
 from cache import ImageCache
 from cache.fill import try_lock, unlock
 from cache.txn import DbWriter
@@ -122,16 +122,21 @@ async def _requeue_orphaned_uploads(service: Service) -> None:
     """Images left ``saving`` by a dead upload go back to ``queued``. Whatever that upload
     committed to the store goes first: while the image is still ``saving`` no new upload
     can write the same object, so only the dead upload's data is deleted."""
-    orphans = await service.readers.run(service.registry.orphaned_uploads)
-    store = service.backends.writable
-    for image_id in orphans if store is not None else ():
+    cleared = []
+    for image_id in await service.readers.run(service.registry.orphaned_uploads):
+        record = service.registry.get(image_id) or {}
         try:
-            await store.delete(store.location_for(image_id))
+            store = service.backends.writable(record.get("_upload_store"))
+            if store is not None:
+                await store.delete(store.location_for(image_id))
+        except UnknownStore:
+            pass  # the store is no longer configured: nothing of ours to delete there
         except BackendError as exc:
             log.warning("could not delete what the dead upload of image %s stored (%s); it stays saving "
                         "until the next cleaner pass", image_id, exc)
-            orphans.remove(image_id)
-    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads, orphans):
+            continue
+        cleared.append(image_id)
+    for image_id in await service.writer.run(service.registry.requeue_orphaned_uploads, cleared):
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
@@ -151,21 +156,18 @@ async def _reap(service: Service) -> None:
 
 
 async def _sweep_store_temp(service: Service) -> None:
-    """Remove the store's temp files older than ``stale_temp_age`` (uploads a crash cut; a
+    """Remove the stores' temp files older than ``stale_temp_age`` (uploads a crash cut; a
     live upload keeps writing, so its file stays younger)."""
-    sweep = getattr(service.backends.default, "sweep_temp", None)
-    if sweep is not None:
-        removed = await asyncio.to_thread(sweep, service.settings.stale_temp_age)
-        if removed:
-            log.info("removed %d stale temp files from the store", removed)
+    removed = await service.backends.sweep_temp(service.settings.stale_temp_age)
+    if removed:
+        log.info("removed %d stale temp files from the stores", removed)
 
 
 async def _clean(service: Service) -> None:
-    """The cleaner loop's run: orphaned uploads, unfinished deletes, then the store's and the
-    cache's leftovers."""
+    """The cleaner loop's run: orphaned uploads, then the stores' and the cache's leftovers
+    (unfinished deletes have their own loop, the reaper)."""
     await _requeue_orphaned_uploads(service)
     await _recover_imports(service)
-    await _reap(service)
     await _sweep_store_temp(service)
     await service.cache.clean()
 
@@ -205,6 +207,7 @@ async def _lead(service: Service, fd: int) -> None:
         {
             "prune": (settings.prune_interval, service.cache.prune),
             "clean": (settings.clean_interval, lambda: _clean(service)),
+            "reap": (settings.reap_interval, lambda: _reap(service)),
             "audit": (settings.clean_interval, service.cache.audit),
             "prefetch": (settings.prefetch_interval, lambda: prefetch_queued(service)),
         }
@@ -224,7 +227,7 @@ async def open_service(settings: Settings, *, loops: bool = True) -> Service:
     env = open_env(settings.data_dir, settings.lmdb_map_size)
     writer = DbWriter()
     registry = Registry(env)
-    backends = Backends(settings.store_url, settings.extra)
+    backends = Backends(list(settings.stores.values()), settings.default_store, settings.extra)
     auth = open_authenticator(settings)
     cache = open_cache(settings, env, writer)
     service = Service(settings=settings, env=env, registry=registry, backends=backends, auth=auth, cache=cache,

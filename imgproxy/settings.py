@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from backends import StoreConfig, check_store
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -45,8 +48,15 @@ class Settings:
     port: int = 9292
     workers: int = 1
     auth: str = "tokens"
-    # URL of the store that keeps image data; "" means file://<data_dir>/images.
+    # URL of the one store that keeps image data (shorthand for one [stores.NAME] table, its
+    # id the URL's scheme); "" means file://<data_dir>/images.
     store: str = ""
+    # Id of the store uploads go to when they name none (with [stores.NAME] tables).
+    default_store: str = ""
+    # Glance's delayed_delete: a deleted image turns pending_delete and its data stays
+    # scrub_time seconds before the reaper removes it.
+    delayed_delete: bool = False
+    scrub_time: float = 0.0
     # Largest image a client may upload (Glance's image_size_cap default: 1 TiB).
     image_size_cap: int = TiB
     # Uploads one process receives at once; more are answered 503 with Retry-After.
@@ -74,6 +84,7 @@ class Settings:
     prefetch_interval: float = 5.0
     prefetch_concurrency: int = 2
     audit_bytes_per_second: int = 64 * MiB
+    reap_interval: float = 60.0
     # Temp files older than this are leftovers of a crash.
     stale_temp_age: float = 3600.0
     # Upstream reads.
@@ -100,11 +111,18 @@ class Settings:
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
-    # Per-store tables ([s3], [http], ...); not in repr: they may hold secrets.
+    # Per-scheme tables ([s3], [http], ...): the shorthand store's options, and those of
+    # readers of image locations in no configured store. Not in repr: they may hold secrets.
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The stores by id, in configuration order: the [stores.NAME] tables, or the one that
+    # ``store`` names. Filled (and ``default_store`` resolved) by load_settings.
+    stores: Mapping[str, StoreConfig] = field(default_factory=dict, compare=False)
 
     @property
     def store_url(self) -> str:
+        """URL of the default store."""
+        if self.default_store in self.stores:
+            return self.stores[self.default_store].url
         return self.store or (self.data_dir.resolve() / "images").as_uri()
 
     @property
@@ -116,7 +134,7 @@ class Settings:
         return self.auth != "noauth"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("extra", "stores")}
 
 # Store secrets that may come from the environment instead of the config file:
 # variable -> (store table, key). The variable wins over the file, like every IMGPROXY_* one.
@@ -203,7 +221,7 @@ def _check(s: Settings) -> None:
     if not 0 <= s.cache_low_watermark < s.cache_high_watermark:
         raise SettingsError("cache_low_watermark", "must be in [0, cache_high_watermark)")
     for key in ("prune_interval", "clean_interval", "prefetch_interval", "stale_temp_age", "upstream_timeout",
-                "edge_auth_ttl"):
+                "edge_auth_ttl", "scrub_time", "reap_interval"):
         if getattr(s, key) < 0:
             raise SettingsError(key, "must not be negative")
     if s.prefetch_concurrency < 1:
@@ -258,11 +276,94 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise SettingsError("config", f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError("config", f"{path} is not valid TOML: {exc}") from exc
-    # Accept both a flat file and one with an [imgproxy] table.
+    # Accept both a flat file and one with an [imgproxy] table (store tables beside it).
     table = doc.get("imgproxy", doc)
     if not isinstance(table, dict):
         raise SettingsError("imgproxy", "must be a table")
+    if table is not doc:
+        table = {**{k: v for k, v in doc.items() if k != "imgproxy" and isinstance(v, dict)}, **table}
     return table
+
+
+_STORE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
+_STORE_KEYS = ("url", "description", "weight")
+_STORE_ENV = "IMGPROXY_STORES_"
+
+
+def _env_options(names: list[str], environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``IMGPROXY_STORES_<NAME>_<OPTION>`` variables by store (names upper-cased, '-' as '_');
+    values are strings, meant for secrets. A variable that names no store is an error."""
+    found: dict[str, dict[str, str]] = {}
+    for var, value in environ.items():
+        if not var.startswith(_STORE_ENV):
+            continue
+        rest = var[len(_STORE_ENV):]
+        matches = [n for n in names if rest.startswith(n.upper().replace("-", "_") + "_")]
+        if not matches:
+            raise SettingsError(var, "names no store of the [stores.NAME] tables")
+        name = max(matches, key=len)
+        found.setdefault(name, {})[rest[len(name) + 1:].lower()] = value
+    return found
+
+
+def _store_config(name: str, table: Any, env: Mapping[str, str]) -> StoreConfig:
+    key = f"stores.{name}"
+    if not _STORE_ID.fullmatch(name) or name.startswith("os_glance"):
+        raise SettingsError(key, "a store id is 1 to 64 letters, digits, '-' or '_' (not os_glance...)")
+    if not isinstance(table, dict):
+        raise SettingsError(key, "must be a table with at least url")
+    table = {**table, **env}
+    url = table.get("url")
+    if not isinstance(url, str) or "://" not in url:
+        raise SettingsError(f"{key}.url", f"must be a store URL such as s3://bucket/images, got {url!r}")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise SettingsError(f"{key}.description", "must be a string")
+    weight = table.get("weight", 0)
+    if isinstance(weight, bool) or not isinstance(weight, int):
+        raise SettingsError(f"{key}.weight", f"must be an integer, got {weight!r}")
+    options = {k: v for k, v in table.items() if k not in _STORE_KEYS}
+    config = StoreConfig(name, url, options, description, weight)
+    try:
+        check_store(config)
+    except ValueError as exc:
+        raise SettingsError(key, str(exc)) from None
+    return config
+
+
+def _stores(s: Settings, tables: Any, environ: Mapping[str, str]) -> tuple[dict[str, StoreConfig], str]:
+    """The configured stores and the default's id, checked (errors name the key)."""
+    if tables is None:
+        stray = sorted(var for var in environ if var.startswith(_STORE_ENV))
+        if stray:
+            raise SettingsError(stray[0], "names no store: there are no [stores.NAME] tables")
+        # The shorthand: one store, called by its kind, with that kind's table as options.
+        url = s.store_url
+        scheme = urlsplit(url).scheme
+        config = StoreConfig(scheme, url, dict(s.extra.get(scheme, {})),
+                             f"The {scheme} store that keeps uploaded image data.")
+        try:
+            check_store(config)
+        except ValueError as exc:
+            raise SettingsError("store" if str(exc).startswith("url") else scheme, str(exc)) from None
+        if s.default_store not in ("", scheme):
+            raise SettingsError("default_store", f"the only store is {scheme!r} (the store setting); "
+                                                 "name others in [stores.NAME] tables")
+        return {scheme: config}, scheme
+    if s.store:
+        raise SettingsError("store", "give either store (one store) or [stores.NAME] tables, not both")
+    if not isinstance(tables, dict) or not tables:
+        raise SettingsError("stores", "must hold one [stores.NAME] table per store")
+    env = _env_options(list(tables), environ)
+    stores = {name: _store_config(name, table, env.get(name, {})) for name, table in tables.items()}
+    default = s.default_store
+    if not default:
+        if len(stores) > 1:
+            raise SettingsError("default_store", f"must name the store uploads go to, one of {', '.join(stores)}")
+        default = next(iter(stores))
+    if default not in stores:
+        raise SettingsError("default_store", f"{default!r} is not one of the stores ({', '.join(stores)})")
+    return stores, default
 
 
 
@@ -275,18 +376,21 @@ def load_settings(
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    store_tables: Any = None
     if config_file is None and environ.get("IMGPROXY_CONFIG"):
         config_file = environ["IMGPROXY_CONFIG"]
     if config_file is not None:
         for key, raw in _read_file(Path(config_file)).items():
             if key in _FIELDS:
                 values[key] = _convert(key, raw)
+            elif key == "stores":
+                store_tables = raw
             elif isinstance(raw, dict):
                 extra[key] = raw  # sections for backends, e.g. [s3]
             else:
                 raise SettingsError(key, "unknown setting")
     for name, raw in environ.items():
-        if not name.startswith("IMGPROXY_") or name == "IMGPROXY_CONFIG":
+        if not name.startswith("IMGPROXY_") or name == "IMGPROXY_CONFIG" or name.startswith(_STORE_ENV):
             continue
         key = name[len("IMGPROXY_"):].lower()
         if key in _FIELDS:
@@ -302,4 +406,5 @@ def load_settings(
         values[key] = _convert(key, raw)
     settings = Settings(**values, extra=extra)
     _check(settings)
-    return settings
+    stores, default = _stores(settings, store_tables, environ)
+    return dataclasses.replace(settings, stores=stores, default_store=default)

@@ -10,9 +10,13 @@ _HIDDEN = frozenset({"os_glance_stage_host"})
 
 
 def image_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The image JSON of Glance's API: every public field (nulls included) plus links."""
+    """The image JSON of Glance's API: every public field (nulls included), the ``stores``
+    that hold its data (when any do), plus links."""
     # Glance hides where glance-direct's data is staged (os_glance_stage_host).
     view = {k: v for k, v in record.items() if not k.startswith("_") and k not in _HIDDEN}
+    stores = [str(s) for loc in record.get("_locations") or [] if (s := (loc.get("metadata") or {}).get("store"))]
+    if stores:
+        view["stores"] = ",".join(stores)  # Glance: the ids of the stores holding a copy
     image_id = record["id"]
     view["self"] = f"/v2/images/{image_id}"
     view["file"] = f"/v2/images/{image_id}/file"

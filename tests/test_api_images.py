@@ -162,7 +162,7 @@ def test_delete_removes_stored_data(server, client_for: Callable[..., httpx.Clie
 def test_deactivate_reactivate(admin: httpx.Client, client_for: Callable[..., httpx.Client]) -> None:
     p = project()
     c, other = client_for(p), client_for(project())
-    img = create(c)
+    img = create(c, disk_format="raw", container_format="bare")
     path = f"/v2/images/{img['id']}"
     # Only active images can be deactivated: Glance answers 403 for other states.
     assert c.post(path + "/actions/deactivate").status_code == 403

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import Backends
+from backends import Backends, StoreConfig
 from backends.base import BackendError, ByteRange
 from backends.file import TEMP_PREFIX, FileBackend
 from tests.backend_contract import StoreUnderTest, WriteBackendContract, collect, payload
@@ -61,9 +61,10 @@ def test_from_url_refuses_relative_and_foreign_urls() -> None:
 
 
 def test_backends_registry_picks_file(root: Path) -> None:
-    backends = Backends(root.as_uri())
+    backends = Backends([StoreConfig("file", root.as_uri())], "file")
     assert isinstance(backends.default, FileBackend)
-    assert backends.writable is backends.default
+    assert backends.writable() is backends.default
+    assert backends.store_of(backends.default.location_for("x")) == "file"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from backends import (
     Backends,
     BackendUnavailable,
     ByteRange,
+    StoreConfig,
 )
 from backends.http import HttpBackend, HttpOptions
 from backends.http_fast import FastTarget, fast_target
@@ -236,11 +237,12 @@ async def test_credentials_are_not_in_errors(backend: HttpBackend) -> None:
 
 
 async def test_registry_builds_it_from_options() -> None:
-    backends = Backends("http://127.0.0.1:1/images", {"http": {"timeout": 2, "max_connections": 4}})
+    options = {"timeout": 2, "max_connections": 4}
+    backends = Backends([StoreConfig("http", "http://127.0.0.1:1/images", options)], "http", {"http": options})
     try:
         assert isinstance(backends.default, HttpBackend)
         assert backends.default.options == HttpOptions(timeout=2.0, max_connections=4)
-        assert backends.writable is None  # read-only store
+        assert backends.writable() is None and backends.read_only("http")
         assert isinstance(backends.for_location("https://example.invalid/x"), HttpBackend)
     finally:
         await backends.aclose()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import obstore
 import pytest
 
-from backends import BackendError, BackendNotFound, Backends, BackendUnavailable, ByteRange
+from backends import BackendError, BackendNotFound, Backends, BackendUnavailable, ByteRange, StoreConfig
 from backends.s3 import S3Backend
 from backends.s3_options import MiB, S3Options
 from imgproxy.settings import load_settings
@@ -199,9 +199,9 @@ def test_locations_outside_the_store_are_refused() -> None:
 
 
 def test_registry_picks_s3() -> None:
-    backends = Backends("s3://images/prefix", {"s3": {"region": "eu-west-1"}})
+    backends = Backends([StoreConfig("s3", "s3://images/prefix", {"region": "eu-west-1"})], "s3")
     assert isinstance(backends.default, S3Backend)
-    assert backends.writable is backends.default
+    assert backends.writable() is backends.default
     assert backends.default.options.region == "eu-west-1"
 
 
@@ -251,7 +251,7 @@ async def test_check_tells_a_missing_bucket(s3_server: S3Server) -> None:
     missing = S3Backend.from_url("s3://no-such-bucket/any", s3_server.options())
     with pytest.raises(BackendUnavailable, match="no-such-bucket"):
         await missing.check()
-    backends = Backends("s3://no-such-bucket/any", {"s3": s3_server.options()})
+    backends = Backends([StoreConfig("s3", "s3://no-such-bucket/any", s3_server.options())], "s3")
     [(name, reason)] = await backends.check(10)
     assert "no-such-bucket" in name and "no-such-bucket" in reason
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends import Backends, BackendUnavailable, ByteRange
+from backends import Backends, BackendUnavailable, ByteRange, StoreConfig
 from backends.swift import SwiftBackend
 from backends.swift_writer import SEGMENTS_DIR
 from bench.servers.swift import SwiftServer
@@ -266,11 +266,11 @@ def test_urls_and_names() -> None:
 
 
 async def test_registry_picks_swift_and_needs_its_options(swift_server: SwiftServer) -> None:
-    backends = Backends("swift://images", {"swift": options(swift_server)})
-    assert isinstance(backends.default, SwiftBackend) and backends.writable is backends.default
+    backends = Backends([StoreConfig("swift", "swift://images", options(swift_server))], "swift")
+    assert isinstance(backends.default, SwiftBackend) and backends.writable() is backends.default
     assert await backends.check(5) == []
     await backends.aclose()
-    other = Backends(Path("/tmp").as_uri(), {})
+    other = Backends([StoreConfig("file", Path("/tmp").as_uri())], "file")
     with pytest.raises(BackendUnavailable, match="no swift store is configured"):
         other.for_location("swift://images/x")
     await other.aclose()

@@ -86,6 +86,8 @@ def test_stops_cleanly_with_two_workers(tmp_path: Path) -> None:
         ([], {"IMGPROXY_CHUNK_SIZE": "12"}, "chunk_size"),
         ([], {"IMGPROXY_AUTH": "maybe"}, "auth"),
         ([], {"IMGPROXY_LOG_LEVEL": "loud"}, "log_level"),
+        ([], {"IMGPROXY_DEFAULT_STORE": "fast"}, "default_store"),
+        ([], {"IMGPROXY_STORES_FAST_SECRET_KEY": "x"}, "IMGPROXY_STORES_FAST_SECRET_KEY"),
     ],
 )
 def test_bad_setting_stops_start_up(tmp_path: Path, args: list[str], env: dict[str, str], key: str) -> None:

@@ -1,5 +1,5 @@
 """Deleting an image is crash-safe: a journal entry commits with the record's delete,
-and the reaper (after the answer, in the cleaner loop, at start-up recovery) removes the
+and the reaper (after the answer, in the reaper loop, at start-up recovery) removes the
 image's store data and manifest before it drops the entry.
 
 The store delete is made to fail for real: the image's file in the file store is
@@ -59,10 +59,10 @@ def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
     return check()
 
 
-def test_failed_store_delete_is_journaled_and_finished_by_the_cleaner(
+def test_failed_store_delete_is_journaled_and_finished_by_the_reaper(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
-    proc = server_factory(noauth=True, config={"clean_interval": 1})
+    proc = server_factory(noauth=True, config={"reap_interval": 1})
     with httpx.Client(base_url=proc.url, timeout=30) as client:
         image_id = create_image(client)
         assert upload(client, image_id, payload(100_000, 21)).status_code == 204
@@ -70,18 +70,18 @@ def test_failed_store_delete_is_journaled_and_finished_by_the_cleaner(
         assert client.delete(f"/v2/images/{image_id}").status_code == 204
         assert client.get(f"/v2/images/{image_id}").status_code == 404
         assert wait_for(lambda: "could not delete data of" in proc.log() and image_id in proc.log())
-        time.sleep(1.5)  # cleaner passes run meanwhile, and fail like the first attempt
+        time.sleep(1.5)  # reaper passes run meanwhile, and fail like the first attempt
         assert journal(proc.data_dir) == [image_id]
 
         path = unblock(proc.data_dir, image_id, data)
-        assert wait_for(lambda: not path.exists()), "one cleaner pass should remove the data"
+        assert wait_for(lambda: not path.exists()), "one reaper pass should remove the data"
         assert wait_for(lambda: journal(proc.data_dir) == [])
 
 
 def test_delete_cut_by_a_crash_is_finished_at_start_up(tmp_path: Path) -> None:
     """kill -9 right after the DELETE answered, before its data could go (the store
-    refused it): the restart's recovery removes the data; no cleaner loop runs."""
-    proc = ServerProcess(tmp_path / "data", noauth=True, config={"clean_interval": 0}).start()
+    refused it): the restart's recovery removes the data; no reaper loop runs."""
+    proc = ServerProcess(tmp_path / "data", noauth=True, config={"reap_interval": 0}).start()
     try:
         with httpx.Client(base_url=proc.url, timeout=30) as client:
             image_id = create_image(client)

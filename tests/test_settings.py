@@ -127,3 +127,89 @@ def test_unknown_override_names_key() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings(environ={}, overrides={"colour": "red"})
     assert info.value.key == "colour"
+
+
+# ---- several stores ([stores.NAME] tables) --------------------------------------------------
+
+_TWO_STORES = """
+default_store = "fast"
+[stores.local]
+url = "file:///srv/images"
+description = "Local disk"
+[stores.fast]
+url = "s3://bucket/images"
+endpoint = "http://127.0.0.1:9000"
+allow_http = true
+access_key = "ak"
+weight = 10
+"""
+
+
+def test_named_stores(tmp_path: Path) -> None:
+    s = load_settings(_toml(tmp_path, _TWO_STORES), environ={"IMGPROXY_STORES_FAST_SECRET_KEY": "sk-from-env"})
+    assert list(s.stores) == ["local", "fast"] and s.default_store == "fast"
+    assert s.store_url == "s3://bucket/images"
+    local, fast = s.stores["local"], s.stores["fast"]
+    assert (local.kind, local.description, local.weight) == ("file", "Local disk", 0)
+    assert (fast.kind, fast.weight) == ("s3", 10)
+    assert fast.options == {"endpoint": "http://127.0.0.1:9000", "allow_http": True, "access_key": "ak",
+                            "secret_key": "sk-from-env"}
+    assert "sk-from-env" not in repr(s)
+
+
+def test_one_store_shorthand_is_called_by_its_kind(tmp_path: Path) -> None:
+    s = load_settings(environ={})
+    assert list(s.stores) == ["file"] and s.default_store == "file"
+    assert s.stores["file"].url == s.store_url
+    path = _toml(tmp_path, 'store = "s3://bucket/p"\n[s3]\naccess_key = "ak"\n')
+    s = load_settings(path, environ={"IMGPROXY_S3_SECRET_KEY": "sk"})
+    assert list(s.stores) == ["s3"] and s.stores["s3"].options == {"access_key": "ak", "secret_key": "sk"}
+
+
+def test_one_named_store_is_the_default(tmp_path: Path) -> None:
+    s = load_settings(_toml(tmp_path, '[stores.only]\nurl = "file:///srv/x"\n'), environ={})
+    assert s.default_store == "only"
+
+
+def test_store_env_picks_the_longest_store_name(tmp_path: Path) -> None:
+    text = ('default_store = "a"\n[stores.a]\nurl = "s3://bkt/x"\naccess_key = "k"\n'
+            '[stores.a_b]\nurl = "s3://bkt/y"\naccess_key = "k"\n')
+    s = load_settings(_toml(tmp_path, text), environ={"IMGPROXY_STORES_A_B_SECRET_KEY": "1", "IMGPROXY_STORES_A_SECRET_KEY": "2"})
+    assert s.stores["a_b"].options["secret_key"] == "1" and s.stores["a"].options["secret_key"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ('store = "file:///x"\n[stores.a]\nurl = "file:///y"\n', {}, "store"),
+        ('[stores.a]\nurl = "file:///y"\n[stores.b]\nurl = "file:///z"\n', {}, "default_store"),
+        ('default_store = "c"\n[stores.a]\nurl = "file:///y"\n', {}, "default_store"),
+        ('default_store = "s3"\n', {}, "default_store"),
+        ('[stores.a]\nurl = "nowhere"\n', {}, "stores.a.url"),
+        ('[stores.a]\ndescription = "no url"\n', {}, "stores.a.url"),
+        ('[stores.a]\nurl = "ftp://host/x"\n', {}, "stores.a"),
+        ('[stores.a]\nurl = "file://relative"\n', {}, "stores.a"),
+        ('[stores.a]\nurl = "s3://bkt/p"\nregion = 5\n', {}, "stores.a"),
+        ('[stores.a]\nurl = "s3://bkt/p"\naccess_key = "only-half"\n', {}, "stores.a"),
+        ('[stores.a]\nurl = "swift://c"\n', {}, "stores.a"),
+        ('[stores.a]\nurl = "file:///y"\nweight = "heavy"\n', {}, "stores.a.weight"),
+        ('[stores."a b"]\nurl = "file:///y"\n', {}, "stores.a b"),
+        ('[stores.a]\nurl = "file:///y"\n', {"IMGPROXY_STORES_B_SECRET_KEY": "x"}, "IMGPROXY_STORES_B_SECRET_KEY"),
+        ('port = 9000\n', {"IMGPROXY_STORES_B_SECRET_KEY": "x"}, "IMGPROXY_STORES_B_SECRET_KEY"),
+        ('store = "s3://bkt/p"\n[s3]\nregion = 5\n', {}, "s3"),
+        ('store = "s3://-bad-/p"\n', {}, "store"),
+        ("stores = 5\n", {}, "stores"),
+    ],
+)
+def test_bad_store_settings_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(_toml(tmp_path, text), environ=env)
+    assert info.value.key == key, info.value
+
+
+def test_store_error_never_shows_a_secret(tmp_path: Path) -> None:
+    text = '[stores.a]\nurl = "s3://bkt/p"\nsecret_key = "very-secret-42"\n'  # no access_key: refused
+    with pytest.raises(SettingsError) as info:
+        load_settings(_toml(tmp_path, text), environ={})
+    assert info.value.key == "stores.a" and "access_key" in str(info.value)
+    assert "very-secret-42" not in str(info.value)

@@ -38,7 +38,7 @@ async def test_error_in_finish_puts_the_image_back_to_queued_without_data(tmp_pa
         service.registry = FinishFails(service.env)
 
         async def create_body() -> Any:
-            return {"name": "finish-fails"}
+            return {"name": "finish-fails", "disk_format": "raw", "container_format": "bare"}
 
         image_id = (await service.images.records.create(ADMIN, create_body))["id"]
         data = b"x" * 200_000

@@ -36,6 +36,9 @@ def toml_text(config: Mapping[str, object]) -> str:
     lines = [f"{key} = {_toml_value(value)}" for key, value in config.items() if not isinstance(value, Mapping)]
     for table, options in config.items():
         if isinstance(options, Mapping):
+            if options and all(isinstance(v, Mapping) for v in options.values()):
+                lines += toml_text({f"{table}.{sub}": v for sub, v in options.items()}).splitlines()  # [stores.NAME]
+                continue
             lines.append(f"[{table}]")
             lines += [f"{key} = {_toml_value(value)}" for key, value in options.items()]
     return "\n".join(lines) + "\n"

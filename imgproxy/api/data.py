@@ -50,7 +50,8 @@ def _declared_length(request: Request) -> int | None:
 
 
 async def upload(request: Request) -> Response:
-    """``PUT /v2/images/{image_id}/file``: 204 once the image is active."""
+    """``PUT /v2/images/{image_id}/file``: 204 once the image is active; ``X-Image-Meta-Store``
+    names the store it goes to (default: the default store)."""
     image_id = path_image_id(request)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/octet-stream":
@@ -60,7 +61,8 @@ async def upload(request: Request) -> Response:
         )
     uploads = service_of(request).images.uploads
     try:
-        await uploads.upload(caller(request), image_id, request.stream(), _declared_length(request))
+        await uploads.upload(caller(request), image_id, request.stream(), _declared_length(request),
+                             store=request.headers.get("x-image-meta-store"))
     except ClientDisconnect:
         log.info("upload of %s abandoned by the client; image is queued again", image_id)
         return Response(status_code=400)
@@ -130,7 +132,9 @@ async def download(request: Request) -> Response:
     # If-Range names a validator we never send, so it cannot match: serve everything.
     range_header = None if "if-range" in request.headers else request.headers.get("range")
     head = request.method == "HEAD"
-    opened = await service.images.downloads.open(caller(request), path_image_id(request), range_header, head=head)
+    prefer = [s.strip() for s in request.query_params.get("prefer", "").split(",") if s.strip()]
+    opened = await service.images.downloads.open(caller(request), path_image_id(request), range_header, head=head,
+                                                 prefer=prefer)
     if opened is None:
         return Response(status_code=204)
     status = 200 if opened.content_range is None else 206

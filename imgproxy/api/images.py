@@ -27,7 +27,8 @@ __all__ = ["routes"]
 async def create_image(request: Request) -> Response:
     service = service_of(request)
     record = await service.images.records.create(caller(request), json_body(request))
-    headers = {"Location": f"/v2/images/{record['id']}"}
+    headers = {"Location": f"/v2/images/{record['id']}",
+               "OpenStack-image-store-ids": ",".join(service.images.stores.ids())}
     methods = service.settings.enabled_import_methods
     if methods:  # Glance sends it only when import is on (no empty header fields)
         headers["OpenStack-image-import-methods"] = ",".join(methods)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import schemas
-from .common import json_response, service_of
+from .common import caller, json_response, service_of
 from .tasks import task_schema, tasks_schema
 
 __all__ = ["routes"]
@@ -30,18 +30,11 @@ async def import_info(request: Request) -> Response:
 
 
 async def stores_info(request: Request) -> Response:
-    backends = service_of(request).backends
-    return json_response(
-        {
-            "stores": [
-                {
-                    "id": backends.default_scheme,
-                    "default": True,
-                    "description": f"The {backends.default_scheme} store that keeps uploaded image data.",
-                }
-            ]
-        }
-    )
+    return json_response({"stores": service_of(request).images.stores.info()})
+
+
+async def stores_detail(request: Request) -> Response:
+    return json_response({"stores": service_of(request).images.stores.detail(caller(request))})
 
 
 def _schema_route(path: str, build: Callable[[], dict[str, Any]]) -> Route:
@@ -54,6 +47,7 @@ def _schema_route(path: str, build: Callable[[], dict[str, Any]]) -> Route:
 routes: list[BaseRoute] = [
     Route("/v2/info/import", import_info, methods=["GET"]),
     Route("/v2/info/stores", stores_info, methods=["GET"]),
+    Route("/v2/info/stores/detail", stores_detail, methods=["GET"]),
     _schema_route("/v2/schemas/image", schemas.image_schema),
     _schema_route("/v2/schemas/images", schemas.images_schema),
     _schema_route("/v2/schemas/member", schemas.member_schema),

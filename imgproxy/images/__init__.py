@@ -18,6 +18,7 @@ from .imports import Imports
 from .locations import ImageLocations
 from .members import ImageMembers
 from .records import BodyReader, ImageRecords
+from .stores import ImageStores
 from .uploads import Uploads
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "ImageLocations",
     "ImageMembers",
     "ImageRecords",
+    "ImageStores",
     "Imports",
     "Images",
     "Uploads",
@@ -51,4 +53,5 @@ class Images:
         self.downloads = Downloads(service)
         self.locations = ImageLocations(service)
         self.cache = CacheAdmin(service)
+        self.stores = ImageStores(service)
         self.imports = Imports(service)

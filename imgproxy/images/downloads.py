@@ -11,7 +11,7 @@ read of an image whose validation data is not yet checked is verified in line
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from cache import CacheError, UpstreamCorrupt
 
 from .. import policy
 from ..context import RequestContext
-from ..errors import Forbidden
+from ..errors import BadRequest, Forbidden, NotFound
 from ..ranges import content_range, parse_range
 from ..sources import resolve_source
 from .errors import ImageDataError, data_error, store_error
@@ -74,22 +74,30 @@ class Downloads:
         self.verifier = InlineVerifier(service)
 
     async def open(self, ctx: RequestContext, image_id: str, range_header: str | None, *,
-                   head: bool = False) -> Download | None:
+                   head: bool = False, prefer: Sequence[str] = ()) -> Download | None:
         """Open the image's data for ``ctx``; None when it has none (queued, saving, killed).
 
         ``range_header`` is the request's ``Range`` (None for the whole image; pass None
-        when an ``If-Range`` cannot match). Raises NotFound, Forbidden (deactivated, for
-        non-admins; readers, who may not download), RangeNotSatisfiable, a store error, or the error of the first piece.
+        when an ``If-Range`` cannot match). ``prefer``: store ids whose copies are read
+        first (Glance's ``?prefer=``; BadRequest for a store not configured). Raises
+        NotFound (also for a pending_delete image), Forbidden (deactivated, for non-admins;
+        readers, who may not download), RangeNotSatisfiable, a store error, or the error of
+        the first piece.
         """
         service = self._s
+        for store in prefer:
+            if store not in service.backends.configs:
+                raise BadRequest(f"Store '{store[:64]}' is not configured.")
         record = service.registry.get_visible(ctx, image_id)
         policy.check_download(ctx)
         if record.get("status") == "deactivated" and not ctx.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+        if record.get("status") == "pending_delete":
+            raise NotFound(f"Image {image_id} is deleted (pending_delete); its data cannot be downloaded.")
         if record.get("status") in _NO_DATA_STATUSES:
             return None
         try:
-            source = await resolve_source(service, record)
+            source = await resolve_source(service, record, prefer)
         except BackendError as exc:
             raise store_error(exc, "read the image data") from exc
         if source is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from backends import Backends, WriteBackend
-from urllib.parse import urlsplit
 
 from ..errors import BadRequest, Conflict
 
@@ -17,29 +16,26 @@ __all__ = ["ImportStores"]
 
 
 class ImportStores:
-    """The import's view of the configured stores."""
+    """The import's view of the configured stores (:class:`backends.Backends`)."""
 
     def __init__(self, backends: Backends) -> None:
         self._backends = backends
 
     def names(self) -> list[str]:
-        """The writable stores, the default first."""
-        return [self.default()] if self._backends.writable is not None else []
+        """The writable stores, in configuration order."""
+        return [name for name in self._backends.names if not self._backends.read_only(name)]
 
     def default(self) -> str:
-        return self._backends.default_scheme
+        return self._backends.default_name
 
     def writer(self, name: str) -> WriteBackend | None:
-        """The store called ``name``, if it can be written."""
-        return self._backends.writable if name == self.default() else None
+        """The store called ``name``, if it is configured and can be written."""
+        return self._backends.writable(name) if name in self._backends.names else None
 
     def of_location(self, location: dict[str, Any]) -> str | None:
         """The store holding one of an image's locations."""
         store = (location.get("metadata") or {}).get("store")
-        if store:
-            return str(store)
-        url = str(location.get("url") or "")
-        return self.default() if urlsplit(url).scheme == self.default() else None
+        return str(store) if store else self._backends.store_of(str(location.get("url") or ""))
 
     def requested(self, body: dict[str, Any], header: str | None, record: dict[str, Any], *, copy: bool) -> list[str]:
         """The stores an import request names (400/409 as Glance answers); for copy-image,

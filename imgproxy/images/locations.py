@@ -104,8 +104,9 @@ class ImageLocations:
         manifest = Manifest.unknown(size, service.settings.chunk_size,
                                     checksum=(validation or {}).get("checksum"),
                                     os_hash_value=(validation or {}).get("os_hash_value"))
+        store = service.backends.store_of(url)
         await service.writer.run(lambda: service.registry.add_location(
-            ctx, image_id, url, size=size, validation=validation,
+            ctx, image_id, url, size=size, validation=validation, store=store,
             also=lambda txn: service.cache.record_manifest(txn, image_id, manifest)))
         if validation is None:
             service.locations.start(image_id, url, "digest")

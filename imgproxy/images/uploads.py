@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
-from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
+from backends import PIECE_SIZE, BackendError, UnknownStore, WriteBackend, Writer
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
@@ -184,23 +184,29 @@ class Uploads:
         self.active = 0
 
     async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
-                     declared: int | None) -> None:
-        """Store ``body`` as the data of a queued image and make it active.
+                     declared: int | None, *, store: str | None = None) -> None:
+        """Store ``body`` as the data of a queued image, in ``store`` (an id; None: the
+        default store), and make it active.
 
-        ``declared`` is the Content-Length (None when chunked). Raises NotFound, Forbidden,
+        ``declared`` is the Content-Length (None when chunked). Raises BadRequest (a store
+        not configured, checked first, as Glance; a short body), NotFound, Forbidden,
         MethodNotAllowed (read-only store), PayloadTooLarge, ServiceUnavailable (too many
-        uploads running; the image stays queued), Conflict (not queued),
-        BadRequest (short body), Gone (deleted meanwhile), a store error; and whatever
-        ``body`` raises when the client goes away. On any failure the image is queued again
-        and nothing of the body is kept.
+        uploads running; the image stays queued), Conflict (not queued), Gone (deleted
+        meanwhile), a store error; and whatever ``body`` raises when the client goes away.
+        On any failure the image is queued again and nothing of the body is kept.
         """
         service = self._s
+        name = service.backends.default_name if store is None else store
+        try:
+            writable = service.backends.writable(name)
+        except UnknownStore:
+            raise BadRequest(f"Store '{name[:64]}' is not configured; "
+                             f"the stores are {', '.join(service.backends.names)}.") from None
         record = service.registry.get_visible(ctx, image_id)
         service.registry.check_modify(ctx, record)
-        store = service.backends.writable
-        if store is None:
+        if writable is None:
             raise MethodNotAllowed(
-                "The configured image store is read-only; image data cannot be uploaded here.",
+                f"The image store {name} is read-only; image data cannot be uploaded to it.",
                 headers={"Allow": "GET, HEAD"},
             )
         if record.get("disk_format") is None or record.get("container_format") is None:
@@ -210,8 +216,8 @@ class Uploads:
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
         async with self.slot():
-            await service.writer.run(service.registry.begin_upload, ctx, image_id)  # 409 unless queued
-            await self._store_body(body, store, image_id, cap, declared, inspector_for(record),
+            await service.writer.run(service.registry.begin_upload, ctx, image_id, name)  # 409 unless queued
+            await self._store_body(body, name, writable, image_id, cap, declared, inspector_for(record),
                                    record["disk_format"])
 
     @asynccontextmanager
@@ -233,8 +239,9 @@ class Uploads:
     async def _fail(self, image_id: str) -> None:
         await self._s.writer.run(self._s.registry.fail_upload, image_id)
 
-    async def _store_body(self, body: AsyncIterator[bytes], store: WriteBackend, image_id: str, cap: int,
-                          declared: int | None, inspector: FormatInspector | None, disk_format: str) -> None:
+    async def _store_body(self, body: AsyncIterator[bytes], name: str, store: WriteBackend, image_id: str,
+                          cap: int, declared: int | None, inspector: FormatInspector | None,
+                          disk_format: str) -> None:
         """Write the body, commit, activate."""
         try:
             stored = await store_data(self._s, image_id, body, store, cap, declared, inspector)
@@ -246,9 +253,10 @@ class Uploads:
             if isinstance(exc, FormatRefused):
                 raise refused(exc, disk_format) from exc
             raise
-        await self._activate(store, image_id, stored.size, stored.manifest, stored.location, stored.virtual_size)
+        await self._activate(name, store, image_id, stored.size, stored.manifest, stored.location,
+                             stored.virtual_size)
 
-    async def _activate(self, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
+    async def _activate(self, name: str, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
                         location: str, virtual_size: int | None) -> None:
         service = self._s
         assert manifest.checksum is not None and manifest.os_hash_value is not None
@@ -261,6 +269,7 @@ class Uploads:
                 os_hash_value=manifest.os_hash_value,  # type: ignore[arg-type]
                 location=location,
                 virtual_size=virtual_size,
+                store=name,
                 also=lambda txn: service.cache.record_manifest(txn, image_id, manifest),
             ))
         except BaseException:
