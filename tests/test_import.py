@@ -336,3 +336,36 @@ def test_deleting_a_staged_image_removes_its_staged_data(importer: ServerProcess
     assert (importer.data_dir / "staging" / image_id).exists()
     assert admin_client.delete(f"/v2/images/{image_id}").status_code == 204
     assert not (importer.data_dir / "staging" / image_id).exists()
+
+
+def test_imports_across_two_stores(tmp_path: Path, server_factory: Callable[..., ServerProcess],
+                                   nginx_store: NginxStore) -> None:  # noqa: F811
+    """Two real file stores: an import to both, copy-image into the second, all_stores."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = server_factory(noauth=True, config=config(
+        default_store="one", stores={"one": {"url": one.as_uri()}, "two": {"url": two.as_uri()}}))
+    with httpx.Client(base_url=proc.url, timeout=30) as c:
+        both = new_image(c)
+        r = start_import(c, both, "web-download", uri=nginx_store.put("two.img", DATA), stores=["one", "two"])
+        assert r.status_code == 202, r.text
+        image = assert_imported(c, both, DATA)
+        assert image["stores"] == "one,two" and (one / both).read_bytes() == (two / both).read_bytes() == DATA
+        task = c.get(f"/v2/images/{both}/tasks").json()["tasks"][0]
+        assert task["input"]["backend"] == ["one", "two"]
+
+        single = new_image(c)
+        assert c.put(f"/v2/images/{single}/file", content=DATA, headers=OCTETS).status_code == 204
+        assert c.get(f"/v2/images/{single}").json()["stores"] == "one"
+        assert start_import(c, single, "copy-image", stores=["two"]).status_code == 202
+        task, image = wait_task(c, single)
+        assert task["status"] == "success", task
+        assert image["status"] == "active" and image["stores"] == "one,two" and (two / single).read_bytes() == DATA
+        assert image["os_glance_importing_to_stores"] == "" and image["os_glance_failed_import"] == ""
+        (one / single).unlink()  # the copy in "two" now serves it
+        assert c.delete(f"/v2/cache/{single}").status_code in (200, 204)
+        assert c.get(f"/v2/images/{single}/file").content == DATA
+        # all_stores: every writable store holds it already, nothing to do.
+        assert start_import(c, single, "copy-image", all_stores=True).status_code == 202
+        assert len(c.get(f"/v2/images/{single}/tasks").json()["tasks"]) == 1
+        r = start_import(c, single, "copy-image", stores=["three"])
+        assert r.status_code == 409 and "three" in r.text
