@@ -59,6 +59,7 @@ class Profile:
     stores_image_size: int = 64 * MiB
     edge_nodes: int = 16
     edge_image_size: int = 32 * MiB
+    import_size: int = 1024 * MiB
 
     @classmethod
     def make(cls, quick: bool) -> "Profile":
@@ -67,6 +68,7 @@ class Profile:
                 quick=True, repeats=1, storm_nodes=(8, 32), storm_images=(1, 5), storm_image_size=16 * MiB,
                 upstream_rate=32 * MiB, warm_image_size=256 * MiB, warm_nodes=(1, 8), range_image_size=64 * MiB,
                 range_count=8, upload_sizes=(64 * MiB, 256 * MiB), growth_images=48, growth_image_size=4 * MiB, growth_cache_max=128 * MiB,
+                import_size=256 * MiB,
             )
         return cls(
             # Sized so a full run fits in 30 minutes on 2 cores: every node hashes what it reads.

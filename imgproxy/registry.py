@@ -244,6 +244,14 @@ class Registry:
                     txn.delete(b"rebuilt_through", db=self._meta)
                     txn.put(b"layout", LAYOUT, db=self._meta)
 
+    def save(self, txn: lmdb.Transaction, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Write ``new`` over ``old`` (as loaded in ``txn``) inside the caller's write
+        transaction, indexes in step; sets ``updated_at``. Returns ``new``."""
+        new["id"], new["_created_us"] = old["id"], old["_created_us"]
+        new["updated_at"] = utc_now()[0]
+        self._write(txn, old, new)
+        return new
+
     # ---- reads ------------------------------------------------------------------------
 
     def get(self, image_id: str) -> dict[str, Any] | None:

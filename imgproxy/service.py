@@ -146,6 +146,15 @@ async def _requeue_orphaned_uploads(service: Service) -> None:
         log.warning("image %s was left saving by an upload whose process died; it is queued again", image_id)
 
 
+async def _recover_imports(service: Service) -> None:
+    failed = await service.images.imports.recover()
+    if failed:
+        log.warning("%d imports were interrupted by a stopped process; they failed (os_glance_failed_import)", failed)
+    expired = await service.writer.run(service.images.imports.tasks.delete_expired)
+    if expired:
+        log.info("removed %d expired import tasks", expired)
+
+
 async def _reap(service: Service) -> None:
     reaped = await service.images.deletes.reap()
     if reaped:
@@ -164,14 +173,17 @@ async def _clean(service: Service) -> None:
     """The cleaner loop's run: orphaned uploads, then the stores' and the cache's leftovers
     (unfinished deletes have their own loop, the reaper)."""
     await _requeue_orphaned_uploads(service)
+    await _recover_imports(service)
     await _sweep_store_temp(service)
     await service.cache.clean()
 
 
 async def _recover(service: Service) -> None:
-    """Start-up recovery: uploads cut by a crash are queued again; deletes a crash
-    interrupted are finished; leftovers in the store and the cache go."""
+    """Start-up recovery: uploads and stages cut by a crash are queued again; imports it
+    interrupted fail; deletes it interrupted are finished; leftovers in the store and the
+    cache go."""
     await _requeue_orphaned_uploads(service)
+    await _recover_imports(service)
     await _reap(service)
     await _sweep_store_temp(service)
     result = await service.cache.clean()

@@ -27,6 +27,7 @@ GiB = 1024 * MiB
 TiB = 1024 * GiB
 
 AUTH_MODES = ("tokens", "noauth")
+IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
 
 
 class SettingsError(ValueError):
@@ -97,6 +98,12 @@ class Settings:
     upstream_token: str = field(default="", repr=False)
     # Seconds an upstream authorization (token, image) is reused for data requests.
     edge_auth_ttl: float = 5.0
+    # Import methods offered (Glance's enabled_import_methods): glance-direct, web-download,
+    # copy-image, glance-download.
+    enabled_import_methods: tuple[str, ...] = ("glance-direct", "web-download", "copy-image")
+    # This node's URL as other API nodes reach it (Glance's worker_self_reference_url): where
+    # glance-direct's staged data lives. "" = http://<host>:<port>.
+    worker_self_reference_url: str = ""
     # Fills in flight per worker, and the bytes of their chunk buffers: a reader that needs
     # a chunk waits for room; read-ahead only starts when there is room at once.
     max_fills: int = 32
@@ -188,6 +195,12 @@ def _convert(key: str, raw: Any) -> Any:
         if isinstance(raw, str):
             return raw
         raise SettingsError(key, f"expected a string, got {raw!r}")
+    if kind is tuple:
+        if isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise SettingsError(key, f"expected a list of strings, got {raw!r}")
     raise SettingsError(key, "cannot be set")
 
 
@@ -248,8 +261,30 @@ def _check(s: Settings) -> None:
             raise SettingsError("metrics_listen", f"must be host:port such as 127.0.0.1:9393, got {s.metrics_listen!r}")
     if s.upstream_api and not (s.upstream_api.startswith(("http://", "https://")) and urlsplit(s.upstream_api).hostname):
         raise SettingsError("upstream_api", f"must be an http(s) URL such as http://central:9292, got {s.upstream_api!r}")
+    unknown = sorted(set(s.enabled_import_methods) - set(IMPORT_METHODS))
+    if unknown:
+        raise SettingsError("enabled_import_methods", f"unknown {', '.join(unknown)} (known: {', '.join(IMPORT_METHODS)})")
+    if s.worker_self_reference_url and not s.worker_self_reference_url.startswith(("http://", "https://")):
+        raise SettingsError("worker_self_reference_url", f"must be an http(s) URL, got {s.worker_self_reference_url!r}")
+    _check_tables(s)
     if s.store and "://" not in s.store:
         raise SettingsError("store", f"must be a URL such as file:///var/lib/imgproxy/images, got {s.store!r}")
+
+
+def _check_tables(s: Settings) -> None:
+    """Tables the service reads itself (not a store's): validated here, once."""
+    from .images.remote_glance import GlanceRegions
+    from .urlfilter import ImportFilter
+
+    for table, parse in (("import_filtering_opts", ImportFilter.from_mapping),
+                         ("glance_download", GlanceRegions.from_mapping)):
+        raw = s.extra.get(table)
+        if raw is None:
+            continue
+        try:
+            parse(raw)
+        except ValueError as exc:
+            raise SettingsError(table, str(exc)) from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

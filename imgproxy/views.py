@@ -13,11 +13,14 @@ from typing import Any
 
 __all__ = ["image_view", "member_view", "image_json", "images_page_json"]
 
+_HIDDEN = frozenset({"os_glance_stage_host"})
+
 
 def image_view(record: dict[str, Any]) -> dict[str, Any]:
     """The image JSON of Glance's API: every public field (nulls included), the ``stores``
     that hold its data (when any do), plus links."""
-    view = {k: v for k, v in record.items() if not k.startswith("_")}
+    # Glance hides where glance-direct's data is staged (os_glance_stage_host).
+    view = {k: v for k, v in record.items() if not k.startswith("_") and k not in _HIDDEN}
     stores = [str(s) for loc in record.get("_locations") or [] if (s := (loc.get("metadata") or {}).get("store"))]
     if stores:
         view["stores"] = ",".join(stores)  # Glance: the ids of the stores holding a copy

@@ -247,3 +247,13 @@ def test_metadata_drives_show_and_list_with_wrk_beside_glance_and_a_baseline_che
             assert row["status"] == "ok" and row["errors"] == 0, row
             assert row["vs_glance"] is not None and row["p99_ms"] is not None, row
     assert all(r["vs_glance"] == 1.0 for r in rows if r["system"] == "glance" and r["op"] != "create")
+
+
+def test_import_scenario_imports_with_both_methods_on_imgproxy_and_glance(tmp_path: Path) -> None:
+    require_glance_venv()
+    rows = _tiny_run(tmp_path, ["import"], [], import_size=2 << 20)["import"].rows
+    assert [(r["system"], r["method"]) for r in rows] == [
+        ("imgproxy", "web-download"), ("imgproxy", "glance-direct"), ("glance", "web-download"),
+        ("glance", "glance-direct")]
+    for row in rows:
+        assert row["status"] == "ok" and row["digests_ok"] and row["total_s"] > 0, row

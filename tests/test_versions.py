@@ -47,7 +47,9 @@ def test_schemas(admin: httpx.Client) -> None:
 
 def test_info(admin: httpx.Client) -> None:
     imp = admin.get("/v2/info/import").json()
-    assert imp["import-methods"]["value"] == [] and imp["import-methods"]["type"] == "array"
+    # Glance's default enabled_import_methods.
+    assert imp["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
+    assert imp["import-methods"]["type"] == "array"
     stores = admin.get("/v2/info/stores").json()["stores"]
     # Glance's flags are the string "true" (glance/api/v2/discovery.py); the one store's id is its kind.
     assert len(stores) == 1 and stores[0]["default"] == "true" and stores[0]["id"] == "file"

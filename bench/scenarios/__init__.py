@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..runner import RunContext, ScenarioResult
-from . import boot_storm, cached_download, edge, growth, herd, metadata, ranged, stores, upload, warm_reads
+from . import boot_storm, cached_download, edge, growth, herd, imports, metadata, ranged, stores, upload, warm_reads
 
 __all__ = ["SCENARIOS", "SCENARIO_SYSTEMS"]
 
@@ -20,6 +20,7 @@ SCENARIOS: dict[str, Callable[[RunContext], ScenarioResult]] = {
     "growth": growth.run,
     "stores": stores.run,
     "edge": edge.run,
+    "import": imports.run,
 }
 
 SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
@@ -33,5 +34,6 @@ SCENARIO_SYSTEMS: dict[str, tuple[str, ...]] = {
     "growth": growth.SYSTEMS,
     "stores": stores.SYSTEMS,
     "edge": edge.SYSTEMS,
+    "import": imports.SYSTEMS,
 }
 """The shared systems each scenario uses, so a run can stop those no later scenario needs."""

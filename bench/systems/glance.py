@@ -114,7 +114,7 @@ filesystem_store_datadir = {root}/staging
 filesystem_store_datadir = {root}/tasks
 
 [paste_deploy]
-flavor = cachemanagement
+flavor = {flavor}
 config_file = {root}/glance-api-paste.ini
 
 [oslo_concurrency]
@@ -155,7 +155,8 @@ class GlanceSystem(ImageApiSystem):
 
     kind = "glance"
 
-    def __init__(self, root: Path, *, processes: int = 4, cache_max_size: int = 64 << 30, name: str = "glance") -> None:
+    def __init__(self, root: Path, *, processes: int = 4, cache_max_size: int = 64 << 30, name: str = "glance",
+                 project: str | None = None) -> None:
         super().__init__(name)
         self.root = Path(root).resolve()
         self.processes = processes
@@ -165,14 +166,29 @@ class GlanceSystem(ImageApiSystem):
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.headers = {"X-Auth-Token": "noauth"}
+        # With a project, requests carry the headers Keystone's middleware would set (Glance's
+        # ``context`` filter trusts them): images and tasks get that owner, which Glance's import
+        # needs (its tasks table refuses a null owner, so the unauthenticated flavor cannot import).
+        self.project = project
+        if project is not None:
+            self.headers = {"X-Auth-Token": "trusted", "X-Identity-Status": "Confirmed", "X-Project-Id": project,
+                            "X-User-Id": "bench", "X-Roles": "admin,member,reader"}
 
     def _configure(self) -> Path:
         root = self.root
         for sub in ("image-cache", "images", "staging", "tasks", "locks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         conf = root / "glance-api.conf"
-        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size))
-        shutil.copy(_paste_ini(self.venv), root / "glance-api-paste.ini")
+        flavor = "cachemanagement" if self.project is None else "trusted+cachemanagement"
+        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size, flavor=flavor))
+        paste = _paste_ini(self.venv).read_text()
+        # The trusted flavor: Keystone's context filter without its token check (bench only).
+        trusted = ("trusted+cachemanagement = cors http_proxy_to_wsgi versionnegotiation osprofiler context cache "
+                   "cachemanage rootapp\n")
+        paste = paste.replace("keystone+cachemanagement = ", trusted + "keystone+cachemanagement = ", 1)
+        paste += ("\n[composite:glance-api-trusted+cachemanagement]\npaste.composite_factory = "
+                  "glance.api:root_app_factory\n/: api\n/healthcheck: healthcheck\n")
+        (root / "glance-api-paste.ini").write_text(paste)
         # No Keystone: the unauthenticated context must pass every rule the harness uses,
         # including the location rules that default to the service role.
         rules = {"context_is_admin": "", "default": ""}

@@ -24,19 +24,14 @@ __all__ = ["routes"]
 
 
 async def create_image(request: Request) -> Response:
-    images = service_of(request).images
-    record = await images.records.create(caller(request), json_body(request))
-    headers = {"Location": f"/v2/images/{record['id']}", "OpenStack-image-store-ids": ",".join(images.stores.ids())}
-    methods = images.stores.import_methods()
-    if methods:
+    service = service_of(request)
+    record = await service.images.records.create(caller(request), json_body(request))
+    headers = {"Location": f"/v2/images/{record['id']}",
+               "OpenStack-image-store-ids": ",".join(service.images.stores.ids())}
+    methods = service.settings.enabled_import_methods
+    if methods:  # Glance sends it only when import is on (no empty header fields)
         headers["OpenStack-image-import-methods"] = ",".join(methods)
     return json_response(image_view(record), 201, headers)
-
-
-async def import_image(request: Request) -> Response:
-    """``POST /v2/images/{id}/import``: the copy-image method (copy into more stores); 202."""
-    await service_of(request).images.stores.copy(caller(request), path_image_id(request), json_body(request))
-    return Response(status_code=202)
 
 
 def _page_link(params: list[tuple[str, str]], marker: str | None) -> str:
@@ -105,7 +100,6 @@ routes: list[BaseRoute] = [
     Route("/v2/images/{image_id}", show_image, methods=["GET"]),
     Route("/v2/images/{image_id}", update_image, methods=["PATCH"]),
     Route("/v2/images/{image_id}", delete_image, methods=["DELETE"]),
-    Route("/v2/images/{image_id}/import", import_image, methods=["POST"]),
     Route("/v2/images/{image_id}/actions/deactivate", deactivate_image, methods=["POST"]),
     Route("/v2/images/{image_id}/actions/reactivate", reactivate_image, methods=["POST"]),
     Route("/v2/images/{image_id}/tags/{tag}", add_tag, methods=["PUT"]),

@@ -11,19 +11,19 @@ from starlette.routing import BaseRoute, Route
 
 from .. import schemas
 from .common import caller, json_response, service_of
+from .tasks import task_schema, tasks_schema
 
 __all__ = ["routes"]
 
 
 async def import_info(request: Request) -> Response:
-    # No upload-then-import flow: images are uploaded with PUT /file; copy-image copies
-    # an image into more stores when there are several.
+    """The import methods this service offers (setting ``enabled_import_methods``)."""
     return json_response(
         {
             "import-methods": {
                 "description": "Import methods available.",
                 "type": "array",
-                "value": service_of(request).images.stores.import_methods(),
+                "value": list(service_of(request).settings.enabled_import_methods),
             }
         }
     )
@@ -52,4 +52,6 @@ routes: list[BaseRoute] = [
     _schema_route("/v2/schemas/images", schemas.images_schema),
     _schema_route("/v2/schemas/member", schemas.member_schema),
     _schema_route("/v2/schemas/members", schemas.members_schema),
+    _schema_route("/v2/schemas/task", task_schema),
+    _schema_route("/v2/schemas/tasks", tasks_schema),
 ]

@@ -14,6 +14,7 @@ from .cache_admin import CLEAR_TARGETS, CacheAdmin
 from .deletes import Deletes
 from .downloads import Download, Downloads
 from .errors import ImageDataError
+from .imports import Imports
 from .locations import ImageLocations
 from .members import ImageMembers
 from .records import BodyReader, ImageRecords
@@ -35,6 +36,7 @@ __all__ = [
     "ImageMembers",
     "ImageRecords",
     "ImageStores",
+    "Imports",
     "Images",
     "Uploads",
 ]
@@ -52,3 +54,4 @@ class Images:
         self.locations = ImageLocations(service)
         self.cache = CacheAdmin(service)
         self.stores = ImageStores(service)
+        self.imports = Imports(service)

@@ -15,6 +15,7 @@ record once ``scrub_time`` seconds have passed, whatever crashed in between.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ class Deletes:
         # Gone from the cache before the answer (readers see it at once); the reaper does
         # it again (idempotent) if a crash comes first.
         await self._s.writer.run(self._s.cache.forget_image, image_id)
+        # Data glance-direct staged for it (the cleaner's sweep would find it later).
+        await asyncio.to_thread(self._s.images.imports.staging.remove, image_id)
         if old["status"] == "deleted":
             self._s.spawn(self.reap(image_id), f"imgproxy-reap-{image_id}")
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
@@ -31,7 +33,7 @@ from .errors import store_error
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["Uploads"]
+__all__ = ["Uploads", "StoredData", "store_data", "inspector_for", "refused"]
 
 log = logging.getLogger("imgproxy.data")
 
@@ -51,7 +53,7 @@ def _too_large(message: str) -> PayloadTooLarge:
     return PayloadTooLarge(message, headers={"Connection": "close"})
 
 
-def _refused(exc: FormatRefused, declared: str | None) -> UnsupportedMediaType:
+def refused(exc: FormatRefused, declared: str | None) -> UnsupportedMediaType:
     # Glance 33 answers 415 both for data that contradicts disk_format and for unsafe images.
     # The rest of the body is not read: the connection cannot carry another request.
     return UnsupportedMediaType(f"Image data refused (declared disk_format {declared}, detected "
@@ -115,6 +117,57 @@ async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Inge
     return size
 
 
+@dataclass(frozen=True, slots=True)
+class StoredData:
+    """Image data a store committed: its size, its manifest (not yet recorded), its location,
+    and the virtual size its format inspection found (None when not inspected)."""
+
+    size: int
+    manifest: Manifest
+    location: str
+    virtual_size: int | None = None
+
+
+def inspector_for(record: dict[str, Any]) -> FormatInspector | None:
+    """The format inspector for an image's data: Glance inspects bare data only (a
+    container's own format is not the disk's)."""
+    if record.get("container_format") != "bare" or not record.get("disk_format"):
+        return None
+    return open_inspector(record["disk_format"])
+
+
+async def store_data(service: "Service", image_id: str, body: AsyncIterator[bytes], store: WriteBackend, cap: int,
+                     declared: int | None, inspector: FormatInspector | None = None) -> StoredData:
+    """Stream ``body`` once into ``store`` and the cache (which hashes it), inspecting its
+    format on the way (with ``inspector``), then commit both.
+
+    Raises PayloadTooLarge past ``cap``, BadRequest when ``declared`` is given and the body
+    differs, FormatRefused (data that contradicts its disk_format, or unsafe), BackendError
+    from the store, and whatever ``body`` raises. On any failure (and cancellation) nothing
+    is kept: the store's writer and the cache's ingest are aborted.
+    """
+    writer = await store.open_writer(image_id)
+    ingest = service.cache.open_ingest(image_id)
+    try:
+        size = await _receive_into(body, writer, ingest, cap, inspector)
+        if declared is not None and size != declared:
+            raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
+        virtual_size = None
+        if inspector is not None:
+            verdict = inspector.finish(size)
+            if verdict.refusal is not None:
+                raise verdict.refusal
+            virtual_size = verdict.virtual_size
+        manifest = await ingest.finish()
+        location = await writer.commit()
+    except BaseException:
+        with CancelScope(shield=True):
+            await ingest.abort()
+            await writer.abort()
+        raise
+    return StoredData(size, manifest, location, virtual_size)
+
+
 # Seconds a client refused for too many uploads is told to wait.
 RETRY_AFTER = 5
 
@@ -162,7 +215,16 @@ class Uploads:
         cap = service.settings.image_size_cap
         if declared is not None and declared > cap:
             raise _too_large(f"Image of {declared} bytes exceeds the storage quota of {cap} bytes.")
-        limit = service.settings.max_uploads
+        async with self.slot():
+            await service.writer.run(service.registry.begin_upload, ctx, image_id, name)  # 409 unless queued
+            await self._store_body(body, name, writable, image_id, cap, declared, inspector_for(record),
+                                   record["disk_format"])
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``max_uploads`` receiving slots (uploads and glance-direct stages);
+        ServiceUnavailable (503, Retry-After) when all are taken."""
+        limit = self._s.settings.max_uploads
         if self.active >= limit:
             raise ServiceUnavailable(
                 f"This server is receiving {limit} uploads already; retry in a few seconds.",
@@ -170,10 +232,7 @@ class Uploads:
             )
         self.active += 1
         try:
-            await service.writer.run(service.registry.begin_upload, ctx, image_id, name)  # 409 unless queued
-            # Glance inspects bare data only: a container's own format is not the disk's.
-            inspector = open_inspector(record["disk_format"]) if record["container_format"] == "bare" else None
-            await self._store_body(body, name, writable, image_id, cap, declared, inspector, record["disk_format"])
+            yield
         finally:
             self.active -= 1
 
@@ -184,37 +243,18 @@ class Uploads:
                           cap: int, declared: int | None, inspector: FormatInspector | None,
                           disk_format: str) -> None:
         """Write the body, commit, activate."""
-        service = self._s
         try:
-            writer = await store.open_writer(image_id)
-        except BackendError as exc:
-            await self._fail(image_id)
-            raise store_error(exc, "store the image data") from exc
-        ingest = service.cache.open_ingest(image_id)
-        try:
-            size = await _receive_into(body, writer, ingest, cap, inspector)
-            if declared is not None and size != declared:
-                raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
-            virtual_size = None
-            if inspector is not None:
-                verdict = inspector.finish(size)
-                if verdict.refusal is not None:
-                    raise verdict.refusal
-                virtual_size = verdict.virtual_size
-            manifest = await ingest.finish()
-            location = await writer.commit()
+            stored = await store_data(self._s, image_id, body, store, cap, declared, inspector)
         except BaseException as exc:
-            # Whatever ended the upload (client gone, cap, store, cancellation), nothing stays.
             with CancelScope(shield=True):
-                await ingest.abort()
-                await writer.abort()
                 await self._fail(image_id)
             if isinstance(exc, BackendError):
                 raise store_error(exc, "store the image data") from exc
             if isinstance(exc, FormatRefused):
-                raise _refused(exc, disk_format) from exc
+                raise refused(exc, disk_format) from exc
             raise
-        await self._activate(name, store, image_id, size, manifest, location, virtual_size)
+        await self._activate(name, store, image_id, stored.size, stored.manifest, stored.location,
+                             stored.virtual_size)
 
     async def _activate(self, name: str, store: WriteBackend, image_id: str, size: int, manifest: Manifest,
                         location: str, virtual_size: int | None) -> None:
