@@ -1,5 +1,5 @@
 """``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench chaos``,
-``python -m bench setup-glance`` and ``python -m bench setup-swift``."""
+``python -m bench setup-glance``, ``setup-swift``, ``setup-keystone`` and ``setup-tempest``."""
 
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
     sub.add_parser("setup-swift", help="install the pinned Swift all-in-one venv (once, ~30 s)")
+    sub.add_parser("setup-keystone", help="install the pinned Keystone venv (once, ~60 s)")
     chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
     chaos.add_argument("--crashes", type=int, default=100, help="crash rounds (default 100)")
     chaos.add_argument("--seed", type=int, default=1)
@@ -107,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .servers.swift import setup_swift
 
         print(setup_swift())
+        return 0
+    if args.command == "setup-keystone":
+        from .servers.keystone import setup_keystone
+
+        print(setup_keystone())
         return 0
     out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     systems = [s for s in args.systems.split(",") if s]

@@ -61,7 +61,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upstream_api=args.upstream_api,
     )
     _make_data_dir(settings)
-    if settings.auth_enabled:
+    if settings.auth == "keystone":
+        import importlib.util
+
+        if importlib.util.find_spec("keystoneauth1") is None:
+            raise SettingsError("auth", "\"keystone\" needs keystoneauth1: pip install 'imgproxy[keystone]'")
+        print(f"imgproxy: tokens are validated by Keystone at {settings.keystone_url}", flush=True)
+    elif settings.auth_enabled:
         from .tokens import ensure_admin_token
 
         path = settings.data_dir / TOKENS_FILE

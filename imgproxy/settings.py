@@ -23,7 +23,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-AUTH_MODES = ("tokens", "noauth")
+AUTH_MODES = ("tokens", "keystone", "noauth")
 
 
 class SettingsError(ValueError):
@@ -84,6 +84,23 @@ class Settings:
     upstream_token: str = field(default="", repr=False)
     # Seconds an upstream authorization (token, image) is reused for data requests.
     edge_auth_ttl: float = 5.0
+    # auth = "keystone": the identity service that issues the callers' tokens (its public
+    # URL, also named in a 401's WWW-Authenticate), and the service's own credentials for
+    # validating them: a user in a project (as keystonemiddleware's [keystone_authtoken]),
+    # or an application credential.
+    keystone_url: str = ""
+    keystone_user: str = ""
+    keystone_password: str = field(default="", repr=False)
+    keystone_project: str = "service"
+    keystone_user_domain: str = "Default"
+    keystone_project_domain: str = "Default"
+    keystone_app_credential_id: str = ""
+    keystone_app_credential_secret: str = field(default="", repr=False)
+    # Seconds one request to Keystone may take.
+    keystone_timeout: float = 10.0
+    # Seconds a validated (or refused) token is remembered: a revoked token stops working
+    # within this long; a token is never used past its own expiry.
+    token_cache_seconds: float = 300.0
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
@@ -201,8 +218,30 @@ def _check(s: Settings) -> None:
         raise SettingsError("log_level", f"unknown level {s.log_level!r}")
     if s.upstream_api and not (s.upstream_api.startswith(("http://", "https://")) and urlsplit(s.upstream_api).hostname):
         raise SettingsError("upstream_api", f"must be an http(s) URL such as http://central:9292, got {s.upstream_api!r}")
+    _check_keystone(s)
     if s.store and "://" not in s.store:
         raise SettingsError("store", f"must be a URL such as file:///var/lib/imgproxy/images, got {s.store!r}")
+
+
+def _check_keystone(s: Settings) -> None:
+    for key in ("keystone_timeout", "token_cache_seconds"):
+        if getattr(s, key) < 0:
+            raise SettingsError(key, "must not be negative")
+    if s.auth != "keystone":
+        return
+    if not (s.keystone_url.startswith(("http://", "https://")) and urlsplit(s.keystone_url).hostname):
+        raise SettingsError("keystone_url", f"must be the http(s) URL of Keystone such as http://keystone:5000, "
+                                            f"got {s.keystone_url!r}")
+    if s.keystone_app_credential_id or s.keystone_app_credential_secret:
+        if s.keystone_user:
+            raise SettingsError("keystone_user", "give either a user or an application credential, not both")
+        for key in ("keystone_app_credential_id", "keystone_app_credential_secret"):
+            if not getattr(s, key):
+                raise SettingsError(key, "is needed with an application credential")
+        return
+    for key in ("keystone_user", "keystone_password", "keystone_project"):
+        if not getattr(s, key):
+            raise SettingsError(key, "is needed with auth = \"keystone\" (or an application credential)")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
+from ..servers.venvs import bench_venv, install_venv, venv_installed
 from .base import SystemUnavailable, free_port
 from .imageapi import ImageApiSystem
 from .procs import stop_tree
@@ -27,43 +29,21 @@ __all__ = ["GlanceSystem", "glance_venv", "setup_glance", "GLANCE_VERSION", "UWS
 
 GLANCE_VERSION = "33.0.0"
 UWSGI_VERSION = "2.0.31"
-_MARKER = ".imgproxy-bench-installed"
+_PACKAGES = (f"glance=={GLANCE_VERSION}", f"uWSGI=={UWSGI_VERSION}")
 
 
 def glance_venv() -> Path:
     """Where the Glance venv lives (``IMGPROXY_BENCH_GLANCE_VENV`` overrides)."""
-    env = os.environ.get("IMGPROXY_BENCH_GLANCE_VENV")
-    return Path(env) if env else Path.home() / ".cache" / "imgproxy-bench" / "glance-venv"
+    return bench_venv("glance")
 
 
 def venv_ready(venv: Path | None = None) -> bool:
-    venv = venv or glance_venv()
-    return (venv / _MARKER).exists() and (venv / "bin" / "uwsgi").exists()
+    return venv_installed(venv or glance_venv(), _PACKAGES, "uwsgi")
 
 
-def setup_glance(venv: Path | None = None, *, log=sys.stderr) -> Path:
-    """Create the venv and install pinned Glance + uWSGI; a no-op when already done.
-
-    The marker file is written last, so an interrupted install is redone from scratch.
-    """
-    venv = venv or glance_venv()
-    if venv_ready(venv):
-        return venv
-    if venv.exists():
-        shutil.rmtree(venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    print(f"bench: installing glance=={GLANCE_VERSION} + uWSGI=={UWSGI_VERSION} into {venv} (~80 s)", file=log)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    logfile = venv.parent / "glance-install.log"
-    with logfile.open("wb") as out:
-        done = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"glance=={GLANCE_VERSION}", f"uWSGI=={UWSGI_VERSION}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"pip install into {venv} failed; see {logfile}")
-    (venv / _MARKER).write_text(f"glance=={GLANCE_VERSION}\nuWSGI=={UWSGI_VERSION}\n")
-    return venv
+def setup_glance(venv: Path | None = None, *, log: IO[str] = sys.stderr) -> Path:
+    """Create the venv and install pinned Glance + uWSGI; a no-op when already done."""
+    return install_venv(venv or glance_venv(), _PACKAGES, "uwsgi", about="~80 s, uWSGI builds from source", log=log)
 
 
 def _paste_ini(venv: Path) -> Path:

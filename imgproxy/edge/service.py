@@ -149,7 +149,7 @@ class EdgeService:
         await self.cache.aclose()
         await self.backend.aclose()
         await self.upstream.aclose()
-        self.auth.close()
+        await self.auth.aclose()
         self.env.close()
 
 
