@@ -348,23 +348,33 @@ class ImageCache:
         out = []
         with self.env.begin() as txn:
             for image_id in self.manifests.image_ids(txn):
-                manifest = self.manifests.get(txn, image_id)
-                if manifest is None:
-                    continue
-                cached = 0
-                for i, address in enumerate(manifest.chunks):
-                    if address is None or i in manifest.collisions:
-                        continue
-                    rec = self.index.get(txn, address)
-                    if rec is not None and rec.present:
-                        cached += manifest.chunk_range(i).length
-                if cached == 0 and manifest.size > 0:
-                    continue
-                hits, access, modified = self.index.image_info(txn, image_id)
-                out.append({"image_id": image_id, "hits": hits, "last_accessed": access / 1e6,
-                            "last_modified": modified / 1e6, "size": cached, "image_size": manifest.size,
-                            "complete": cached == manifest.size})
+                row = self._image_row(txn, image_id)
+                if row is not None and (row["size"] > 0 or row["image_size"] == 0):
+                    out.append(row)
         return out
+
+    def cached_image(self, image_id: str) -> dict[str, Any] | None:
+        """One image's row as :meth:`cached_images` gives it (``size`` may be 0 here), or
+        None when the cache has no manifest for it. Costs one pass over its chunks (and a
+        flush of the batched index writes, which say what fills stored)."""
+        self.flush_access_times()
+        with self.env.begin() as txn:
+            return self._image_row(txn, image_id)
+
+    def _image_row(self, txn: lmdb.Transaction, image_id: str) -> dict[str, Any] | None:
+        manifest = self.manifests.get(txn, image_id)
+        if manifest is None:
+            return None
+        cached = 0
+        for i, address in enumerate(manifest.chunks):
+            if address is None or i in manifest.collisions:
+                continue
+            rec = self.index.get(txn, address)
+            if rec is not None and rec.present:
+                cached += manifest.chunk_range(i).length
+        hits, access, modified = self.index.image_info(txn, image_id)
+        return {"image_id": image_id, "hits": hits, "last_accessed": access / 1e6, "last_modified": modified / 1e6,
+                "size": cached, "image_size": manifest.size, "complete": cached == manifest.size}
 
     def stats(self) -> dict[str, int]:
         """Cache-wide figures, summed over all processes sharing the cache: ``bytes_cached``,
