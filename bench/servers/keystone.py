@@ -231,7 +231,8 @@ class KeystoneServer:
             self._admin_token = self.token("admin", self.admin_password, "admin")
         return self._admin_token
 
-    def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def admin_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``method /v3<path>`` as the admin; the JSON answer (``{}`` when empty)."""
         answer = httpx.request(method, self.url + "/v3" + path, json=body, timeout=30,
                                headers={"X-Auth-Token": self.admin_token()})
         if answer.status_code >= 400:
@@ -240,24 +241,24 @@ class KeystoneServer:
 
     def ensure_project(self, name: str) -> str:
         """The id of project ``name`` in the Default domain, created if missing."""
-        found = self._admin("GET", f"/projects?name={name}")["projects"]
+        found = self.admin_call("GET", f"/projects?name={name}")["projects"]
         if found:
             return str(found[0]["id"])
-        return str(self._admin("POST", "/projects", {"project": {"name": name, "domain_id": "default"}})["project"]["id"])
+        return str(self.admin_call("POST", "/projects", {"project": {"name": name, "domain_id": "default"}})["project"]["id"])
 
     def ensure_role(self, name: str) -> str:
-        found = self._admin("GET", f"/roles?name={name}")["roles"]
+        found = self.admin_call("GET", f"/roles?name={name}")["roles"]
         if found:
             return str(found[0]["id"])
-        return str(self._admin("POST", "/roles", {"role": {"name": name}})["role"]["id"])
+        return str(self.admin_call("POST", "/roles", {"role": {"name": name}})["role"]["id"])
 
     def create_user(self, name: str, password: str, project: str, roles: list[str]) -> str:
         """A user with ``roles`` on ``project`` (created if missing); returns the user's id."""
         project_id = self.ensure_project(project)
-        user = self._admin("POST", "/users", {"user": {"name": name, "password": password,
+        user = self.admin_call("POST", "/users", {"user": {"name": name, "password": password,
                                                        "domain_id": "default"}})["user"]
         for role in roles:
-            self._admin("PUT", f"/projects/{project_id}/users/{user['id']}/roles/{self.ensure_role(role)}")
+            self.admin_call("PUT", f"/projects/{project_id}/users/{user['id']}/roles/{self.ensure_role(role)}")
         return str(user["id"])
 
     def expires_at(self, token: str) -> float:

@@ -2,8 +2,9 @@
 
 Glance's pins must not meet ours, so it lives in ``~/.cache/imgproxy-bench/glance-venv``
 (installed once by ``python -m bench setup-glance``, ~80 s, uWSGI builds from source).
-No Keystone: the ``cachemanagement`` paste flavor runs unauthenticated, and a policy
-file with ``"context_is_admin": ""`` lets that context write. An ``http`` store is
+No Keystone by default: the ``cachemanagement`` paste flavor runs unauthenticated, and a policy
+file with ``"context_is_admin": ""`` lets that context write (``keystone=`` puts
+keystonemiddleware in front instead, with Glance's default policies). An ``http`` store is
 enabled so images can point at the slow upstream through the locations API.
 """
 
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -94,16 +96,34 @@ filesystem_store_datadir = {root}/staging
 filesystem_store_datadir = {root}/tasks
 
 [paste_deploy]
-flavor = cachemanagement
+flavor = {flavor}
 config_file = {root}/glance-api-paste.ini
 
 [oslo_concurrency]
 lock_path = {root}/locks
 
 [oslo_policy]
+{policy}
+"""
+
+# No Keystone: a policy file lets the unauthenticated context through (see _configure).
+_NOAUTH_POLICY = """\
 policy_file = {root}/policy.json
 enforce_new_defaults = false
 enforce_scope = false
+"""
+
+# With Keystone: Glance's own defaults (secure RBAC), and keystonemiddleware in front.
+_KEYSTONE_POLICY = """\
+[keystone_authtoken]
+www_authenticate_uri = {url}
+auth_url = {url}
+auth_type = password
+username = {user}
+password = {password}
+project_name = {project}
+user_domain_name = Default
+project_domain_name = Default
 """
 
 _UWSGI = """\
@@ -135,8 +155,12 @@ class GlanceSystem(ImageApiSystem):
 
     kind = "glance"
 
-    def __init__(self, root: Path, *, processes: int = 4, cache_max_size: int = 64 << 30, name: str = "glance") -> None:
+    def __init__(self, root: Path, *, processes: int = 4, cache_max_size: int = 64 << 30, name: str = "glance",
+                 keystone: Mapping[str, str] | None = None) -> None:
+        """``keystone``: ``url``, ``user``, ``password``, ``project`` of a service user that
+        validates tokens (keystonemiddleware, Glance's default policies); None runs without auth."""
         super().__init__(name)
+        self.keystone = dict(keystone) if keystone else None
         self.root = Path(root).resolve()
         self.processes = processes
         self.cache_max_size = cache_max_size
@@ -151,13 +175,19 @@ class GlanceSystem(ImageApiSystem):
         for sub in ("image-cache", "images", "staging", "tasks", "locks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         conf = root / "glance-api.conf"
-        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size))
+        if self.keystone is not None:
+            flavor, policy = "keystone+cachemanagement", _KEYSTONE_POLICY.format(**self.keystone)
+        else:
+            flavor, policy = "cachemanagement", _NOAUTH_POLICY.format(root=root)
+        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size, flavor=flavor,
+                                     policy=policy))
         shutil.copy(_paste_ini(self.venv), root / "glance-api-paste.ini")
-        # No Keystone: the unauthenticated context must pass every rule the harness uses,
-        # including the location rules that default to the service role.
-        rules = {"context_is_admin": "", "default": ""}
-        rules.update({f"{op}_image_location": "" for op in ("add", "get", "set", "delete", "fetch")})
-        (root / "policy.json").write_text(json.dumps(rules))
+        if self.keystone is None:
+            # No Keystone: the unauthenticated context must pass every rule the harness uses,
+            # including the location rules that default to the service role.
+            rules = {"context_is_admin": "", "default": ""}
+            rules.update({f"{op}_image_location": "" for op in ("add", "get", "set", "delete", "fetch")})
+            (root / "policy.json").write_text(json.dumps(rules))
         ini = root / "uwsgi.ini"
         ini.write_text(_UWSGI.format(port=self.port, venv=self.venv, root=root, processes=self.processes))
         return conf
