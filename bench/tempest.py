@@ -15,6 +15,7 @@ the failing tests), and each system's full tempest output.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -119,19 +120,31 @@ def _catalog(keystone: KeystoneServer, endpoints: dict[str, str]) -> None:
                                                                 "region_id": region, "url": url}})
 
 
+def _workspace(workspace: Path, venv: Path) -> None:
+    """What ``tempest init`` makes (etc/, the stestr config), without recording the workspace
+    in ``~/.tempest``: the run leaves nothing outside its own directories."""
+    package = next((venv / "lib").glob("python3*/site-packages/tempest"))
+    (workspace / "etc").mkdir(parents=True)
+    (workspace / "logs").mkdir()
+    (workspace / ".stestr.conf").write_text(
+        f"[DEFAULT]\ntest_path={package / 'test_discover'}\ntop_dir={package}\ngroup_regex=([^\\.]*\\.)*\n")
+
+
 def _run_one(system: str, keystone: KeystoneServer, work: Path, out: Path, concurrency: int,
              regex: str) -> TempestResult:
     venv = bench_venv("tempest")
     workspace = work / f"tempest-{system}"
-    subprocess.run([str(venv / "bin" / "tempest"), "init", str(workspace)], check=True, capture_output=True)
+    _workspace(workspace, venv)
     (workspace / "etc" / "tempest.conf").write_text(_CONF.format(
         workspace=workspace, admin_password=keystone.admin_password, keystone=keystone.url,
         keystone_region=keystone.region, region=system))
     t0 = time.monotonic()
     log = out / f"tempest-{system}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(TEMPEST_CONFIG_DIR=str(workspace / "etc"), TEMPEST_CONFIG="tempest.conf")
     with log.open("wb") as f:
         subprocess.run([str(venv / "bin" / "tempest"), "run", "--regex", regex, "--concurrency", str(concurrency)],
-                       cwd=workspace, stdout=f, stderr=subprocess.STDOUT)
+                       cwd=workspace, stdout=f, stderr=subprocess.STDOUT, env=env)
     text = log.read_text(errors="replace")
     result = TempestResult(system, seconds=round(time.monotonic() - t0, 1))
     ran = _RAN.search(text)

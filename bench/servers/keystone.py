@@ -2,8 +2,7 @@
 
 Installed once by ``python -m bench setup-keystone`` into ``~/.cache/imgproxy-bench/keystone-venv``
 (~60 s, all wheels), with waitress, a pure-Python WSGI server that runs Keystone's WSGI app
-(``keystone.wsgi.api:application``) in one process with threads, so stopping it by PID stops
-it all. :class:`KeystoneServer` writes a ``keystone.conf`` under its root, creates the
+(``keystone.wsgi.api:application``) in one process, so stopping it by PID stops it all. :class:`KeystoneServer` writes a ``keystone.conf`` under its root, creates the
 database and the fernet keys, bootstraps (``keystone-manage bootstrap``: the ``admin`` user,
 project and role, the implied roles admin -> member -> reader, the identity endpoint) and
 serves on ``127.0.0.1``.
@@ -86,13 +85,15 @@ backend = dogpile.cache.memory
 
 
 # Keystone's configuration reads the process's arguments: the app is imported with none.
+# One request at a time: sqlite answers concurrent writers "database is locked" (a 500 from
+# Keystone), and two logins at once are two writers.
 _SERVE = """\
 import sys
 listen = sys.argv[1]
 sys.argv = ["keystone"]
 from waitress import serve
 from keystone.wsgi.api import application
-serve(application, listen=listen, threads=8, ident="keystone")
+serve(application, listen=listen, threads=1, ident="keystone")
 """
 
 
