@@ -1,5 +1,6 @@
 """``python -m bench run [--quick] [--out DIR] [--only SCENARIO] [--size 1GiB]``, ``python -m bench chaos``,
-``python -m bench setup-glance`` and ``python -m bench setup-swift``."""
+``python -m bench setup-glance``, ``setup-swift``, ``setup-keystone``, ``setup-tempest`` and
+``python -m bench tempest``."""
 
 from __future__ import annotations
 
@@ -93,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="metadata: also run the imgproxy checkout in DIR (e.g. a git worktree of an older commit)")
     sub.add_parser("setup-glance", help="install the pinned Glance + uWSGI venv (once, ~80 s)")
     sub.add_parser("setup-swift", help="install the pinned Swift all-in-one venv (once, ~30 s)")
+    sub.add_parser("setup-keystone", help="install the pinned Keystone venv (once, ~60 s)")
+    sub.add_parser("setup-tempest", help="install the pinned tempest venv (once, ~60 s)")
+    tempest = sub.add_parser("tempest", help="tempest's image API tests against imgproxy and the real Glance, "
+                                             "one Keystone; counts per system")
+    tempest.add_argument("--out", type=Path, default=None, help="report dir (default bench-results/tempest-<timestamp>)")
+    tempest.add_argument("--systems", default="imgproxy,glance")
+    tempest.add_argument("--concurrency", type=int, default=2)
+    tempest.add_argument("--regex", default=None, help="tests to run (default: tempest.api.image)")
     chaos = sub.add_parser("chaos", help="kill -9 the service under load, again and again, and check it each time")
     chaos.add_argument("--crashes", type=int, default=100, help="crash rounds (default 100)")
     chaos.add_argument("--seed", type=int, default=1)
@@ -110,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .servers.swift import setup_swift
 
         print(setup_swift())
+        return 0
+    if args.command == "setup-tempest":
+        from .tempest import setup_tempest
+
+        print(setup_tempest())
+        return 0
+    if args.command == "tempest":
+        return _tempest(args)
+    if args.command == "setup-keystone":
+        from .servers.keystone import setup_keystone
+
+        print(setup_keystone())
         return 0
     out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     systems = [s for s in args.systems.split(",") if s]
@@ -143,6 +164,18 @@ def _fuzz(examples: int) -> dict[str, object]:
     if run.returncode != 0:
         out["failure"] = run.stdout[-1500:]
     return out
+
+
+def _tempest(args: argparse.Namespace) -> int:
+    from .tempest import IMAGE_TESTS, run_tempest
+
+    out = args.out or Path("bench-results") / time.strftime("tempest-%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="imgproxy-tempest-") as tmp:
+        results = run_tempest(out, Path(tmp), systems=[s for s in args.systems.split(",") if s],
+                              concurrency=args.concurrency, regex=args.regex or IMAGE_TESTS)
+    print((out / "tempest.md").read_text())
+    print(f"report: {out}", file=sys.stderr)
+    return 0 if all(r.ran for r in results) else 1
 
 
 def _chaos(args: argparse.Namespace) -> int:

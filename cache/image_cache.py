@@ -365,6 +365,14 @@ class ImageCache:
     async def cached_images_async(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.cached_images)
 
+    def cached_image(self, image_id: str) -> dict[str, Any] | None:
+        """One image's row as :meth:`cached_images` gives it (``size`` may be 0 here), or
+        None when the cache has no manifest for it. Costs one pass over its chunks (and a
+        flush of the batched index writes, which say what fills stored)."""
+        self.flush_access_times()
+        with self.env.begin() as txn:
+            return report.image_row(txn, self.manifests, self.index, image_id)
+
     def stats(self) -> dict[str, int]:
         """Cache-wide figures, summed over all processes sharing the cache (``bytes_cached``,
         ``chunks`` and :data:`cache.report.COUNTERS`); plus this process's ``active_fills``,

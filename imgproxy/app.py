@@ -93,13 +93,13 @@ class ApiMiddleware:
         if path not in _PUBLIC_PATHS:
             service: Service = scope["app"].state.service
             try:
-                context = service.auth.authenticate(Request(scope).headers)
+                context = await service.auth.authenticate(Request(scope).headers)
             except ApiError as exc:
-                await error_response(exc.status, exc.title, exc.message)(scope, receive, send)
+                await error_response(exc.status, exc.title, exc.message, exc.headers)(scope, receive, send)
                 return
             if context is None:
                 missing = Unauthorized("This request needs a valid X-Auth-Token.")
-                headers = {"WWW-Authenticate": "Keystone uri=''"}
+                headers = {"WWW-Authenticate": service.auth.challenge}
                 await error_response(missing.status, missing.title, missing.message, headers)(scope, receive, send)
                 return
             scope.setdefault("state", {})

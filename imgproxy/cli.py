@@ -96,7 +96,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upstream_api=args.upstream_api,
     )
     _make_data_dir(settings)
-    if settings.auth_enabled:
+    if settings.auth == "keystone":
+        import importlib.util
+
+        if importlib.util.find_spec("keystoneauth1") is None:
+            raise SettingsError("auth", "\"keystone\" needs keystoneauth1: pip install 'imgproxy[keystone]'")
+        print(f"imgproxy: tokens are validated by Keystone at {settings.keystone_url}", flush=True)
+    elif settings.auth_enabled:
         from .tokens import ensure_admin_token
 
         path = settings.data_dir / TOKENS_FILE
@@ -199,8 +205,27 @@ async def _run_cache_action(settings: Settings, action: str, stale_age: float | 
         await service.aclose()
 
 
+def cmd_preheat(args: argparse.Namespace) -> int:
+    """``imgproxy cache prefetch --url URL [--url URL...] --token T IMAGE... [--wait]``:
+    queue images on running services; 0 when every one is queued (cached, with ``--wait``)."""
+    from .preheat import preheat
+
+    if not args.url or not args.images:
+        print("imgproxy: cache prefetch on running services needs --url and at least one IMAGE", file=sys.stderr)
+        return 2
+    token = args.token or os.environ.get("OS_AUTH_TOKEN", "")
+    if not token:
+        print("imgproxy: cache prefetch needs an admin token: --token or OS_AUTH_TOKEN", file=sys.stderr)
+        return 2
+    targets = asyncio.run(preheat(args.url, args.images, token, wait=args.wait, timeout=args.timeout,
+                                  interval=args.interval))
+    return 0 if all(t.state in ("cached", "queued") for t in targets) else 1
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """``imgproxy cache prune|clean|prefetch``: one run of that loop; prints one line."""
+    if args.action == "prefetch" and (args.url or args.images):
+        return cmd_preheat(args)
     settings = _settings_from_args(args)
     if not (settings.data_dir / "meta" / "data.mdb").exists():
         raise SettingsError("data_dir", f"{settings.data_dir} holds no imgproxy data")
@@ -234,7 +259,7 @@ def _add_cache_commands(sub: Any) -> None:
     for name, text in (
         ("prune", "evict least-recently-used chunks down to the low watermark (if over the high one)"),
         ("clean", "remove stale temp files and orphan chunks, adopt complete ones, fix the index"),
-        ("prefetch", "fill the queued images"),
+        ("prefetch", "fill the queued images; with --url, queue IMAGEs on running services"),
     ):
         p = actions.add_parser(name, help=text)
         _add_common(p)
@@ -246,7 +271,22 @@ def _add_cache_commands(sub: Any) -> None:
                 help="seconds after which a temp file counts as a leftover (default: stale_temp_age); "
                 "files of dead processes go whatever their age",
             )
+        if name == "prefetch":
+            _add_preheat_options(p)
         p.set_defaults(func=cmd_cache)
+
+
+def _add_preheat_options(p: argparse.ArgumentParser) -> None:
+    """``cache prefetch`` with ``--url``: queue images on running services instead of filling
+    the local data dir's queue."""
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image ids to queue on every --url")
+    p.add_argument("--url", action="append", default=[], metavar="URL",
+                   help="a running service or edge (repeatable): queue the images there (PUT /v2/cache/{id})")
+    p.add_argument("--token", default=None, help="an admin token of those services (default: $OS_AUTH_TOKEN)")
+    p.add_argument("--wait", action="store_true", help="show a progress bar per image and service until each "
+                   "is cached, then a summary table")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
+    p.add_argument("--interval", type=float, default=1.0, help="with --wait: seconds between progress polls")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 __all__ = ["RequestContext", "ROLES"]
 
-ROLES = ("reader", "member", "admin")
+# Glance's default roles; ``service`` is what its ``service_api`` rule asks of
+# service-to-service calls (Nova, Cinder), granted by a service token with that role.
+ROLES = ("reader", "member", "admin", "service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +17,8 @@ class RequestContext:
 
     ``project_id`` owns what the caller creates; ``roles`` come from the token.
     A reader may only read; a member may create and change its project's images;
-    an admin may do anything to any image.
+    an admin may do anything to any image; ``service`` opens the calls Glance keeps
+    for other services (its ``service_api`` rule: ``role:service or role:admin``).
     """
 
     project_id: str
@@ -25,6 +28,11 @@ class RequestContext:
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+    @property
+    def is_service(self) -> bool:
+        """Glance's ``service_api``: a service, or an admin."""
+        return "service" in self.roles or self.is_admin
 
     @property
     def can_write(self) -> bool:

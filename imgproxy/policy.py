@@ -14,6 +14,7 @@ from .errors import Forbidden
 
 __all__ = [
     "VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_download", "check_modify", "check_write_role",
+    "check_service",
 ]
 
 VISIBILITIES = ("public", "private", "shared", "community")
@@ -62,3 +63,10 @@ def check_modify(ctx: RequestContext, record: Mapping[str, Any]) -> None:
     """Raise Forbidden unless ``ctx`` may change ``record``."""
     if not may_modify(ctx, record):
         raise Forbidden("You are not permitted to modify this image.")
+
+
+def check_service(ctx: RequestContext, what: str) -> None:
+    """Raise Forbidden unless ``ctx`` passes Glance's ``service_api`` (``role:service or
+    role:admin``): calls kept for other services, such as Nova's and Cinder's locations calls."""
+    if not ctx.is_service:
+        raise Forbidden(f"Only administrators and services may {what}.")

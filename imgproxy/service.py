@@ -85,7 +85,7 @@ class Service:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.cache.aclose()
         await self.backends.aclose()
-        self.auth.close()
+        await self.auth.aclose()
         self.readers.close()
         self.writer.close()
         self.env.close()
@@ -97,6 +97,11 @@ class Service:
 
 
 def open_authenticator(settings: Settings) -> Authenticator:
+    """The ``auth`` mode's authenticator; the caller closes it (:meth:`Authenticator.aclose`)."""
+    if settings.auth == "keystone":
+        from .keystone import KeystoneAuth
+
+        return KeystoneAuth.from_settings(settings)
     if not settings.auth_enabled:
         return NoAuth()
     from .tokens import TokensAuth

@@ -26,7 +26,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-AUTH_MODES = ("tokens", "noauth")
+AUTH_MODES = ("tokens", "keystone", "noauth")
 IMPORT_METHODS = ("glance-direct", "web-download", "copy-image", "glance-download")
 
 
@@ -108,6 +108,23 @@ class Settings:
     # a chunk waits for room; read-ahead only starts when there is room at once.
     max_fills: int = 32
     fill_memory: int = 96 * MiB
+    # auth = "keystone": the identity service that issues the callers' tokens (its public
+    # URL, also named in a 401's WWW-Authenticate), and the service's own credentials for
+    # validating them: a user in a project (as keystonemiddleware's [keystone_authtoken]),
+    # or an application credential.
+    keystone_url: str = ""
+    keystone_user: str = ""
+    keystone_password: str = field(default="", repr=False)
+    keystone_project: str = "service"
+    keystone_user_domain: str = "Default"
+    keystone_project_domain: str = "Default"
+    keystone_app_credential_id: str = ""
+    keystone_app_credential_secret: str = field(default="", repr=False)
+    # Seconds one request to Keystone may take.
+    keystone_timeout: float = 10.0
+    # Seconds a validated (or refused) token is remembered: a revoked token stops working
+    # within this long; a token is never used past its own expiry.
+    token_cache_seconds: float = 300.0
     # LMDB map size (address space, not disk).
     lmdb_map_size: int = 64 * GiB
     log_level: str = "info"
@@ -267,6 +284,7 @@ def _check(s: Settings) -> None:
     if s.worker_self_reference_url and not s.worker_self_reference_url.startswith(("http://", "https://")):
         raise SettingsError("worker_self_reference_url", f"must be an http(s) URL, got {s.worker_self_reference_url!r}")
     _check_tables(s)
+    _check_keystone(s)
     if s.store and "://" not in s.store:
         raise SettingsError("store", f"must be a URL such as file:///var/lib/imgproxy/images, got {s.store!r}")
 
@@ -285,6 +303,27 @@ def _check_tables(s: Settings) -> None:
             parse(raw)
         except ValueError as exc:
             raise SettingsError(table, str(exc)) from None
+
+
+def _check_keystone(s: Settings) -> None:
+    for key in ("keystone_timeout", "token_cache_seconds"):
+        if getattr(s, key) < 0:
+            raise SettingsError(key, "must not be negative")
+    if s.auth != "keystone":
+        return
+    if not (s.keystone_url.startswith(("http://", "https://")) and urlsplit(s.keystone_url).hostname):
+        raise SettingsError("keystone_url", f"must be the http(s) URL of Keystone such as http://keystone:5000, "
+                                            f"got {s.keystone_url!r}")
+    if s.keystone_app_credential_id or s.keystone_app_credential_secret:
+        if s.keystone_user:
+            raise SettingsError("keystone_user", "give either a user or an application credential, not both")
+        for key in ("keystone_app_credential_id", "keystone_app_credential_secret"):
+            if not getattr(s, key):
+                raise SettingsError(key, "is needed with an application credential")
+        return
+    for key in ("keystone_user", "keystone_password", "keystone_project"):
+        if not getattr(s, key):
+            raise SettingsError(key, "is needed with auth = \"keystone\" (or an application credential)")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .auth import NO_CHALLENGE
 from .context import ROLES, RequestContext
 
 __all__ = [
@@ -182,6 +183,8 @@ class TokensAuth:
     one instance per worker process, but handlers may call it from threads.
     """
 
+    challenge = NO_CHALLENGE
+
     def __init__(self, path: str | Path, reload_interval: float = RELOAD_INTERVAL) -> None:
         self.path = Path(path)
         self.reload_interval = reload_interval
@@ -222,7 +225,8 @@ class TokensAuth:
             self._contexts = contexts
             self._stamp = stamp
 
-    def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+        """A ``stat`` at most, no read unless the file changed: cheap enough for the loop."""
         token = headers.get("x-auth-token")
         if not token:
             return None
@@ -234,5 +238,5 @@ class TokensAuth:
             ctx = self._contexts.get(token)
         return ctx
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         return None

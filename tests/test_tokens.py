@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _auth(a: TokensAuth, token: str | None) -> RequestContext | None:
-    return a.authenticate({"x-auth-token": token} if token is not None else {})
+    return asyncio.run(a.authenticate({"x-auth-token": token} if token is not None else {}))
 
 
 def test_ensure_admin_token_creates_once_with_mode_0600(tmp_path: Path) -> None:

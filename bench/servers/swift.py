@@ -21,7 +21,6 @@ from __future__ import annotations
 import getpass
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,11 +32,12 @@ from typing import IO
 
 import httpx
 
+from .venvs import bench_venv, install_venv, venv_installed
+
 __all__ = ["SwiftServer", "SwiftUnavailable", "S3Details", "setup_swift", "swift_venv", "swift_venv_ready", "SWIFT_VERSION"]
 
 SWIFT_VERSION = "2.38.3"
 _PACKAGES = (f"swift=={SWIFT_VERSION}", "python-swiftclient", "boto3")
-_MARKER = ".imgproxy-bench-installed"
 _SERVERS = ("account", "container", "object", "proxy")
 
 
@@ -47,37 +47,16 @@ class SwiftUnavailable(RuntimeError):
 
 def swift_venv() -> Path:
     """Where the Swift venv lives (``IMGPROXY_BENCH_SWIFT_VENV`` overrides)."""
-    env = os.environ.get("IMGPROXY_BENCH_SWIFT_VENV")
-    return Path(env) if env else Path.home() / ".cache" / "imgproxy-bench" / "swift-venv"
+    return bench_venv("swift")
 
 
 def swift_venv_ready(venv: Path | None = None) -> bool:
-    venv = venv or swift_venv()
-    return (venv / _MARKER).exists() and (venv / "bin" / "swift-proxy-server").exists()
+    return venv_installed(venv or swift_venv(), _PACKAGES, "swift-proxy-server")
 
 
 def setup_swift(venv: Path | None = None, *, log: IO[str] = sys.stderr) -> Path:
-    """Create the venv and install pinned Swift + its clients; a no-op when already done.
-
-    The marker file is written last, so an interrupted install is redone from scratch.
-    """
-    venv = venv or swift_venv()
-    if swift_venv_ready(venv):
-        return venv
-    if venv.exists():
-        shutil.rmtree(venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    print(f"bench: installing {' '.join(_PACKAGES)} into {venv} (~40 s)", file=log)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    logfile = venv.parent / "swift-install.log"
-    with logfile.open("wb") as out:
-        done = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", *_PACKAGES], stdout=out, stderr=subprocess.STDOUT
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"pip install into {venv} failed; see {logfile}")
-    (venv / _MARKER).write_text("\n".join(_PACKAGES) + "\n")
-    return venv
+    """Create the venv and install pinned Swift + its clients; a no-op when already done."""
+    return install_venv(venv or swift_venv(), _PACKAGES, "swift-proxy-server", about="~40 s", log=log)
 
 
 def free_low_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]

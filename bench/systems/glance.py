@@ -2,8 +2,9 @@
 
 Glance's pins must not meet ours, so it lives in ``~/.cache/imgproxy-bench/glance-venv``
 (installed once by ``python -m bench setup-glance``, ~80 s, uWSGI builds from source).
-No Keystone: the ``cachemanagement`` paste flavor runs unauthenticated, and a policy
-file with ``"context_is_admin": ""`` lets that context write. An ``http`` store is
+No Keystone by default: the ``cachemanagement`` paste flavor runs unauthenticated, and a policy
+file with ``"context_is_admin": ""`` lets that context write (``keystone=`` puts
+keystonemiddleware in front instead, with Glance's default policies). An ``http`` store is
 enabled so images can point at the slow upstream through the locations API.
 """
 
@@ -15,10 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 import httpx
 
+from ..servers.venvs import bench_venv, install_venv, venv_installed
 from .base import SystemUnavailable, free_port
 from .imageapi import ImageApiSystem
 from .procs import stop_tree
@@ -27,43 +31,21 @@ __all__ = ["GlanceSystem", "glance_venv", "setup_glance", "GLANCE_VERSION", "UWS
 
 GLANCE_VERSION = "33.0.0"
 UWSGI_VERSION = "2.0.31"
-_MARKER = ".imgproxy-bench-installed"
+_PACKAGES = (f"glance=={GLANCE_VERSION}", f"uWSGI=={UWSGI_VERSION}")
 
 
 def glance_venv() -> Path:
     """Where the Glance venv lives (``IMGPROXY_BENCH_GLANCE_VENV`` overrides)."""
-    env = os.environ.get("IMGPROXY_BENCH_GLANCE_VENV")
-    return Path(env) if env else Path.home() / ".cache" / "imgproxy-bench" / "glance-venv"
+    return bench_venv("glance")
 
 
 def venv_ready(venv: Path | None = None) -> bool:
-    venv = venv or glance_venv()
-    return (venv / _MARKER).exists() and (venv / "bin" / "uwsgi").exists()
+    return venv_installed(venv or glance_venv(), _PACKAGES, "uwsgi")
 
 
-def setup_glance(venv: Path | None = None, *, log=sys.stderr) -> Path:
-    """Create the venv and install pinned Glance + uWSGI; a no-op when already done.
-
-    The marker file is written last, so an interrupted install is redone from scratch.
-    """
-    venv = venv or glance_venv()
-    if venv_ready(venv):
-        return venv
-    if venv.exists():
-        shutil.rmtree(venv)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    print(f"bench: installing glance=={GLANCE_VERSION} + uWSGI=={UWSGI_VERSION} into {venv} (~80 s)", file=log)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    logfile = venv.parent / "glance-install.log"
-    with logfile.open("wb") as out:
-        done = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"glance=={GLANCE_VERSION}", f"uWSGI=={UWSGI_VERSION}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"pip install into {venv} failed; see {logfile}")
-    (venv / _MARKER).write_text(f"glance=={GLANCE_VERSION}\nuWSGI=={UWSGI_VERSION}\n")
-    return venv
+def setup_glance(venv: Path | None = None, *, log: IO[str] = sys.stderr) -> Path:
+    """Create the venv and install pinned Glance + uWSGI; a no-op when already done."""
+    return install_venv(venv or glance_venv(), _PACKAGES, "uwsgi", about="~80 s, uWSGI builds from source", log=log)
 
 
 def _paste_ini(venv: Path) -> Path:
@@ -121,9 +103,27 @@ config_file = {root}/glance-api-paste.ini
 lock_path = {root}/locks
 
 [oslo_policy]
+{policy}
+"""
+
+# No Keystone: a policy file lets the unauthenticated context through (see _configure).
+_NOAUTH_POLICY = """\
 policy_file = {root}/policy.json
 enforce_new_defaults = false
 enforce_scope = false
+"""
+
+# With Keystone: Glance's own defaults (secure RBAC), and keystonemiddleware in front.
+_KEYSTONE_POLICY = """\
+[keystone_authtoken]
+www_authenticate_uri = {url}
+auth_url = {url}
+auth_type = password
+username = {user}
+password = {password}
+project_name = {project}
+user_domain_name = Default
+project_domain_name = Default
 """
 
 _UWSGI = """\
@@ -156,8 +156,12 @@ class GlanceSystem(ImageApiSystem):
     kind = "glance"
 
     def __init__(self, root: Path, *, processes: int = 4, cache_max_size: int = 64 << 30, name: str = "glance",
-                 project: str | None = None) -> None:
+                 project: str | None = None, keystone: Mapping[str, str] | None = None) -> None:
+        """``keystone``: ``url``, ``user``, ``password``, ``project`` of a service user that
+        validates tokens (keystonemiddleware, Glance's default policies); ``project``: trust the
+        identity headers Keystone's middleware would set (bench only); neither runs without auth."""
         super().__init__(name)
+        self.keystone = dict(keystone) if keystone else None
         self.root = Path(root).resolve()
         self.processes = processes
         self.cache_max_size = cache_max_size
@@ -179,8 +183,13 @@ class GlanceSystem(ImageApiSystem):
         for sub in ("image-cache", "images", "staging", "tasks", "locks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         conf = root / "glance-api.conf"
-        flavor = "cachemanagement" if self.project is None else "trusted+cachemanagement"
-        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size, flavor=flavor))
+        if self.keystone is not None:
+            flavor, policy = "keystone+cachemanagement", _KEYSTONE_POLICY.format(**self.keystone)
+        else:
+            flavor = "cachemanagement" if self.project is None else "trusted+cachemanagement"
+            policy = _NOAUTH_POLICY.format(root=root)
+        conf.write_text(_CONF.format(root=root, port=self.port, cache_max=self.cache_max_size, flavor=flavor,
+                                     policy=policy))
         paste = _paste_ini(self.venv).read_text()
         # The trusted flavor: Keystone's context filter without its token check (bench only).
         trusted = ("trusted+cachemanagement = cors http_proxy_to_wsgi versionnegotiation osprofiler context cache "
@@ -189,11 +198,12 @@ class GlanceSystem(ImageApiSystem):
         paste += ("\n[composite:glance-api-trusted+cachemanagement]\npaste.composite_factory = "
                   "glance.api:root_app_factory\n/: api\n/healthcheck: healthcheck\n")
         (root / "glance-api-paste.ini").write_text(paste)
-        # No Keystone: the unauthenticated context must pass every rule the harness uses,
-        # including the location rules that default to the service role.
-        rules = {"context_is_admin": "", "default": ""}
-        rules.update({f"{op}_image_location": "" for op in ("add", "get", "set", "delete", "fetch")})
-        (root / "policy.json").write_text(json.dumps(rules))
+        if self.keystone is None:
+            # No Keystone: the unauthenticated context must pass every rule the harness uses,
+            # including the location rules that default to the service role.
+            rules = {"context_is_admin": "", "default": ""}
+            rules.update({f"{op}_image_location": "" for op in ("add", "get", "set", "delete", "fetch")})
+            (root / "policy.json").write_text(json.dumps(rules))
         ini = root / "uwsgi.ini"
         ini.write_text(_UWSGI.format(port=self.port, venv=self.venv, root=root, processes=self.processes))
         return conf

@@ -1,4 +1,5 @@
-"""imgproxy itself, as the benchmark runs it: ``python -m imgproxy serve --noauth`` on a fresh data dir."""
+"""imgproxy itself, as the benchmark runs it: ``python -m imgproxy serve --noauth`` on a fresh data dir
+(or with the ``auth`` its config names)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class ImgproxySystem(ImageApiSystem):
         conf = self.root / "imgproxy.toml"
         conf.write_text(toml_text(self.config))
         args = [
-            sys.executable, "-m", "imgproxy", "serve", "--noauth", "--data-dir", str(self.data_dir),
+            sys.executable, "-m", "imgproxy", "serve", *([] if "auth" in self.config else ["--noauth"]),
+            "--data-dir", str(self.data_dir),
             "--port", str(self.port), "--workers", str(self.workers), "--config", str(conf),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}

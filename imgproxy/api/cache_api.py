@@ -19,6 +19,8 @@ as Glance's default ``manage_image_cache`` policy is.
   this node's base URL, or ``[]``.
 - ``GET /v2/cache/stats`` 200: :meth:`cache.ImageCache.stats` plus the size limits
   (an imgproxy extension).
+- ``GET /v2/cache/{id}`` 200: how much of one image is cached, and whether it is queued
+  (an imgproxy extension; :func:`imgproxy.images.cache_admin.image_progress`).
 
 The workflows are :mod:`imgproxy.images.cache_admin`.
 """
@@ -82,6 +84,11 @@ async def get_stats(request: Request) -> Response:
     return json_response(await service_of(request).images.cache.stats(caller(request)))
 
 
+async def get_progress(request: Request) -> Response:
+    """``GET /v2/cache/{image_id}``: ``cached_bytes`` of ``size``, ``complete``, ``queued``."""
+    return json_response(await service_of(request).images.cache.progress(caller(request), path_image_id(request)))
+
+
 # Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
 routes: list[BaseRoute] = [
     Route("/v2/cache", get_cache_state, methods=["GET"]),
@@ -90,6 +97,7 @@ routes: list[BaseRoute] = [
     Route("/v2/cache/prune", prune_cache, methods=["POST"]),
     Route("/v2/cache/clean", clean_cache, methods=["POST"]),
     Route("/v2/cache/nodes/{image_id}", get_cached_nodes, methods=["GET"]),
+    Route("/v2/cache/{image_id}", get_progress, methods=["GET"]),
     Route("/v2/cache/{image_id}", queue_image, methods=["PUT"]),
     Route("/v2/cache/{image_id}", delete_cache_entry, methods=["DELETE"]),
 ]

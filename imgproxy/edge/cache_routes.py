@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..api.common import caller, json_response
-from ..images.cache_admin import CLEAR_TARGETS
+from ..images.cache_admin import CLEAR_TARGETS, image_progress
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceUnavailable
 from .service import EdgeService, cacheable
 from .upstream import UpstreamUnavailable
@@ -140,6 +140,16 @@ async def get_stats(request: Request) -> Response:
     return json_response(stats)
 
 
+async def get_progress(request: Request) -> Response:
+    """``GET /v2/cache/{image_id}``: how much of the image this edge holds (404 if nothing)."""
+    service = _admin_service(request)
+    image_id = str(request.path_params["image_id"])
+    row = await asyncio.to_thread(image_progress, service.cache, image_id)
+    if row is None:
+        raise NotFound(f"Image {image_id} is neither cached nor queued on this edge.")
+    return json_response(row)
+
+
 # Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
 routes: list[BaseRoute] = [
     Route("/v2/cache", get_cache_state, methods=["GET"]),
@@ -148,6 +158,7 @@ routes: list[BaseRoute] = [
     Route("/v2/cache/prune", prune_cache, methods=["POST"]),
     Route("/v2/cache/clean", clean_cache, methods=["POST"]),
     Route("/v2/cache/nodes/{image_id}", get_cached_nodes, methods=["GET"]),
+    Route("/v2/cache/{image_id}", get_progress, methods=["GET"]),
     Route("/v2/cache/{image_id}", queue_image, methods=["PUT"]),
     Route("/v2/cache/{image_id}", delete_cache_entry, methods=["DELETE"]),
 ]

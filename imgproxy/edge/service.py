@@ -158,7 +158,7 @@ class EdgeService:
         await self.cache.aclose()
         await self.backend.aclose()
         await self.upstream.aclose()
-        self.auth.close()
+        await self.auth.aclose()
         self.env.close()
         if self.metrics is not None:
             self.metrics.close()

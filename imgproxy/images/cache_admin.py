@@ -10,6 +10,8 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cache import ImageCache
+
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound
 from ..ops.figures import cache_limits
@@ -18,11 +20,23 @@ from ..sources import prefetch_queued
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["CacheAdmin", "CLEAR_TARGETS"]
+__all__ = ["CacheAdmin", "CLEAR_TARGETS", "image_progress"]
 
 log = logging.getLogger("imgproxy.cache_api")
 
 CLEAR_TARGETS = ("", "cache", "queue")  # "" is both
+
+
+def image_progress(cache: ImageCache, image_id: str) -> dict[str, Any] | None:
+    """``GET /v2/cache/{image_id}`` (an imgproxy extension, for ``imgproxy cache prefetch
+    --wait``): ``cached_bytes`` of ``size`` (None while unknown), ``complete``, ``queued``;
+    None when the cache neither holds nor queues the image. Blocking: run it off the loop."""
+    row = cache.cached_image(image_id)
+    queued = image_id in cache.queued()
+    if row is None and not queued:
+        return None
+    return {"image_id": image_id, "cached_bytes": row["size"] if row else 0, "size": row["image_size"] if row else None,
+            "complete": bool(row and row["complete"]), "queued": queued}
 
 
 def _admin(ctx: RequestContext) -> None:
@@ -121,6 +135,16 @@ class CacheAdmin:
         _admin(ctx)
         self._s.registry.get_visible(ctx, image_id)
         return any(row["image_id"] == image_id for row in await self._complete_images())
+
+    async def progress(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
+        """:func:`image_progress` of an image ``ctx`` may see (404 otherwise)."""
+        _admin(ctx)
+        record = self._s.registry.get_visible(ctx, image_id)
+        row = await self._s.readers.run(image_progress, self._s.cache, image_id)
+        size = record.get("size")
+        if row is None:
+            return {"image_id": image_id, "cached_bytes": 0, "size": size, "complete": False, "queued": False}
+        return {**row, "size": size if isinstance(size, int) else row["size"]}
 
     async def stats(self, ctx: RequestContext) -> dict[str, Any]:
         """Cache-wide counters (all processes) and the size limits."""

@@ -15,7 +15,8 @@ from backends import BackendError, BackendNotFound, Backends
 from cache import OS_HASH_ALGO, Manifest
 
 from ..context import RequestContext
-from ..errors import BadRequest, Conflict, Forbidden
+from .. import policy
+from ..errors import BadRequest, Conflict
 from .records import BodyReader
 
 if TYPE_CHECKING:
@@ -75,10 +76,11 @@ class ImageLocations:
         self._s = service
 
     def _check_admin(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
-        """404 if the image is not visible to ``ctx`` (before anything else, as Glance), 403 unless admin."""
+        """404 if the image is not visible to ``ctx`` (before anything else, as Glance), 403 unless
+        admin or service (Glance's ``fetch_image_location``; ``add_image_location`` also lets the
+        owner's members, which this service keeps to the trusted callers)."""
         record = self._s.registry.get_visible(ctx, image_id)
-        if not ctx.is_admin:
-            raise Forbidden("Only administrators may read or add image locations.")
+        policy.check_service(ctx, "read or add image locations")
         return record
 
     async def add(self, ctx: RequestContext, image_id: str, body: BodyReader) -> None:
