@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import hmac
-import inspect
 from typing import Any
 
 from starlette.requests import Request
@@ -51,9 +50,7 @@ async def _authorize(request: Request, settings: Settings, auth: Any) -> None:
     headers = dict(request.headers)
     if token:
         headers["x-auth-token"] = token
-    context = auth.authenticate(headers)
-    if inspect.isawaitable(context):  # an authenticator that asks a server (Keystone) is async
-        context = await context
+    context = await auth.authenticate(headers)
     if context is None:
         raise Unauthorized("The status page needs an admin token or the status token (X-Auth-Token or ?token=).")
     if not context.is_admin:
