@@ -20,9 +20,11 @@ from .base import (
     BackendUnavailable,
     ByteRange,
     CheckableBackend,
+    LocalBackend,
     ReadBackend,
     WriteBackend,
     Writer,
+    local_file,
 )
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "BackendUnavailable",
     "ByteRange",
     "CheckableBackend",
+    "LocalBackend",
+    "local_file",
     "ReadBackend",
     "WriteBackend",
     "Writer",

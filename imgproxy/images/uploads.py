@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from anyio import CancelScope
 
-from backends import PIECE_SIZE, BackendError, WriteBackend, Writer
+from backends import PIECE_SIZE, BackendError, WriteBackend, Writer, local_file
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
@@ -183,7 +183,9 @@ class Uploads:
         except BackendError as exc:
             await self._fail(image_id)
             raise store_error(exc, "store the image data") from exc
-        ingest = service.cache.open_ingest(image_id)
+        # A local file store is read in place (verified against the manifest): caching its
+        # chunks too would write every byte twice.
+        ingest = service.cache.open_ingest(image_id, keep_chunks=local_file(store, store.location_for(image_id)) is None)
         try:
             size = await _receive_into(body, writer, ingest, cap, inspector)
             if declared is not None and size != declared:
