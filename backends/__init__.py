@@ -16,9 +16,11 @@ from .base import (
     BackendUnavailable,
     ByteRange,
     CheckableBackend,
+    LocalBackend,
     ReadBackend,
     WriteBackend,
     Writer,
+    local_file,
 )
 from .failover import Copy, FailoverBackend
 from .stores import STORE_KINDS, Backends, StoreConfig, UnknownScheme, UnknownStore, check_store
@@ -36,6 +38,8 @@ __all__ = [
     "CheckableBackend",
     "Copy",
     "FailoverBackend",
+    "LocalBackend",
+    "local_file",
     "ReadBackend",
     "StoreConfig",
     "UnknownScheme",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "WriteBackend",
     "Writer",
     "CheckableBackend",
+    "LocalBackend",
+    "local_file",
     "PIECE_SIZE",
 ]
 
@@ -147,3 +150,26 @@ class CheckableBackend(Protocol):
     async def check(self) -> None:
         """Return if the store can serve; else raise :class:`BackendError` saying why."""
         ...
+
+
+@runtime_checkable
+class LocalBackend(Protocol):
+    """A store whose objects are files on this machine, which a reader may open itself (and
+    send with ``sendfile``) instead of caching copies. An object is complete once it has
+    its name and is never written after (only replaced by a new file, or deleted)."""
+
+    def local_path(self, location: str) -> Path | None:
+        """The file behind ``location`` if readers should read it in place; ``None`` if this
+        store's files are better cached (a network filesystem). Raises :class:`BackendError`
+        if this store does not hold ``location``."""
+        ...
+
+
+def local_file(backend: ReadBackend, location: str) -> Path | None:
+    """The file to read ``location`` from in place, if ``backend`` is a local store serving it so."""
+    if not isinstance(backend, LocalBackend):
+        return None
+    try:
+        return backend.local_path(location)
+    except BackendError:
+        return None

@@ -11,10 +11,16 @@ files (a crash mid-upload) are removed by :meth:`FileBackend.sweep_temp`.
 File I/O runs in worker threads: the store is read cold from disk, where a blocking
 read on the event loop would stall every other request.
 
-Uploads are written with ``O_DIRECT`` where the filesystem allows it: the store copy is
-cold data (the cache holds the hot one), and copying it into the page cache costs ~2.6 s
-of CPU per GiB on the target machines (a direct write ~0.03 s), which an upload that must
-also hash md5 + sha512 cannot spare. Where ``O_DIRECT`` is refused, writes are buffered.
+Images are read in place (:class:`backends.base.LocalBackend`): the cache verifies each
+chunk of the file against the image's manifest and sends it from the file, and keeps no
+copy, so each uploaded byte is written once. Option ``in_place = false`` (a directory on a
+network filesystem) has them cached like a remote store's.
+
+Uploads are written with ``O_DIRECT`` where the filesystem allows it: copying an upload
+into the page cache costs ~2.6 s of CPU per GiB on the target machines (a direct write
+~0.03 s), which an upload that must also hash md5 + sha512 cannot spare, and a large
+upload would push hot data out of the page cache. The first read of an image then comes
+from disk. Where ``O_DIRECT`` is refused, writes are buffered.
 """
 
 from __future__ import annotations
@@ -180,27 +186,31 @@ class FileBackend:
     Safe to share between tasks: every call opens its own file descriptor.
     """
 
-    def __init__(self, root: Path, *, direct_io: bool = True) -> None:
+    def __init__(self, root: Path, *, direct_io: bool = True, in_place: bool = True) -> None:
         self.root = root
         # Write uploads with O_DIRECT (option ``[file] direct_io``): off for filesystems
         # where direct I/O is slow or refused.
         self.direct_io = direct_io
+        # Read images in place (option ``[file] in_place``): off for a network filesystem.
+        self.in_place = in_place
 
     @staticmethod
-    def _parse(url: str, options: Mapping[str, Any]) -> tuple[Path, bool]:
+    def _parse(url: str, options: Mapping[str, Any]) -> tuple[Path, dict[str, bool]]:
         parts = urlsplit(url)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
             raise BackendError(f"not a local file URL: {url!r}", location=url)
         path = Path(unquote(parts.path))
         if not path.is_absolute():
             raise BackendError(f"file store path must be absolute: {url!r}", location=url)
-        unknown = sorted(set(options) - {"direct_io"})
+        unknown = sorted(set(options) - {"direct_io", "in_place"})
         if unknown:
-            raise ValueError(f"file store option {unknown[0]!r}: unknown (known: direct_io)")
-        direct_io = options.get("direct_io", True)
-        if not isinstance(direct_io, bool):
-            raise ValueError(f"file store option 'direct_io' must be true or false, got {direct_io!r}")
-        return path, direct_io
+            raise ValueError(f"file store option {unknown[0]!r}: unknown (known: direct_io, in_place)")
+        flags = {}
+        for name in ("direct_io", "in_place"):
+            flags[name] = options.get(name, True)
+            if not isinstance(flags[name], bool):
+                raise ValueError(f"file store option {name!r} must be true or false, got {flags[name]!r}")
+        return path, flags
 
     @classmethod
     def validate(cls, url: str, options: Mapping[str, Any]) -> None:
@@ -210,12 +220,12 @@ class FileBackend:
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> FileBackend:
         """``file:///abs/dir``: the directory is created if missing."""
-        path, direct_io = cls._parse(url, options)
+        path, flags = cls._parse(url, options)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create file store {path}: {exc.strerror}", location=url) from exc
-        return cls(path.resolve(), direct_io=direct_io)
+        return cls(path.resolve(), **flags)
 
     # -- naming ---------------------------------------------------------------
 
@@ -236,6 +246,11 @@ class FileBackend:
             raise BackendError(f"location is outside the file store {self.root}", location=location)
         self._check_id(path.name, location)
         return path
+
+    def local_path(self, location: str) -> Path | None:
+        """See :class:`backends.base.LocalBackend`."""
+        path = self.path_for(location)
+        return path if self.in_place else None
 
     # -- reading --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ The service talks to :class:`ImageCache`.
 from .cleaner import AuditResult, CleanResult
 from .digests import OS_HASH_ALGO, ImageDigests
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
+from .file_slice import FileSlice
 from .image_cache import ImageCache
 from .prefetch import PrefetchResult
 from .ingest import Ingest
@@ -17,6 +18,7 @@ __all__ = [
     "AuditResult",
     "CacheError",
     "CleanResult",
+    "FileSlice",
     "ImageCache",
     "ImageDigests",
     "Ingest",

@@ -11,15 +11,10 @@ Chunk files are written with ``O_DIRECT`` where the filesystem allows it
 md5 + sha512 on 2 cores cannot spare; nor should a large upload push hot chunks out of the
 page cache. The first read of such a chunk comes from disk.
 
-Chunks are verified with reads (``preadv`` into a reusable per-thread buffer feeding
-xxh3), never through a mapping: a disk error while reading is an ``OSError`` the caller
-turns into a refill, where on a mapping it would be SIGBUS and kill the process. Before
-reading, a chunk's pages are brought in through a mapping that is never touched
-(``MADV_HUGEPAGE`` + ``MADV_POPULATE_READ``, a syscall that reports I/O errors as
-errors): that lands them in 2 MiB page-cache folios, which every later read copies
-out faster than the small folios plain reads get. Measured over 128 chunks of 4 MiB
-(CPU per 512 MiB, verify + the read path's 1 MiB preads): from disk 0.17 s with plain
-reads, 0.07 s populated; page-cache hot afterwards 0.062 vs 0.046 s.
+Chunks are verified with reads feeding xxh3 (:class:`cache.verified.RangeHasher`), never
+through a mapping: a disk error while reading is an ``OSError`` the caller turns into a
+refill, where on a mapping it would be SIGBUS and kill the process. A reader may pass a
+:class:`cache.verified.VerifiedRanges` to skip re-hashing a chunk file it verified recently.
 
 Layout under ``root``: ``chunks/`` (chunk files), ``tmp/`` (``<pid>-<random>`` temp files
 of ingests), ``fills/`` (``<key>.lock`` + ``<key>.part`` of fills in progress).
@@ -31,7 +26,6 @@ by threads and processes: each call uses its own descriptors.
 from __future__ import annotations
 
 import enum
-import mmap
 import os
 import secrets
 import threading
@@ -44,25 +38,9 @@ from backends.direct_io import DirectFile, create_exclusive, staging_buffer, wri
 
 from .errors import CorruptChunk
 from .manifest import ADDRESS_SIZE
+from .verified import RangeHasher, VerifiedRanges
 
 __all__ = ["ChunkStore", "WriteOutcome", "address_of"]
-
-
-# Verification reads a chunk in pieces this big: small enough to stay in the CPU's
-# cache between the copy out of the page cache and the hash.
-VERIFY_PIECE = 1024 * 1024
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-
-
-def _populate_huge(fd: int, length: int) -> None:
-    """Read the file's first ``length`` bytes into the page cache in huge folios if the
-    kernel can. The mapping is never read from (no SIGBUS); every failure is ignored."""
-    try:
-        with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as view:
-            view.madvise(mmap.MADV_HUGEPAGE)
-            view.madvise(_MADV_POPULATE_READ)
-    except (AttributeError, OSError, ValueError):
-        pass  # no THP or populate here, or an I/O error the reads will report
 
 
 def address_of(data: bytes | bytearray | memoryview) -> bytes:
@@ -81,7 +59,8 @@ class ChunkStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._local = threading.local()  # per-thread buffers: O_DIRECT staging, verify reads
+        self._local = threading.local()  # per-thread O_DIRECT staging buffers
+        self._hasher = RangeHasher()
         self.chunks_dir = root / "chunks"
         self.tmp_dir = root / "tmp"
         self.fills_dir = root / "fills"
@@ -119,16 +98,18 @@ class ChunkStore:
         self._remove_if_same(path, st)
         raise CorruptChunk(f"chunk {address.hex()} failed verification")
 
-    def open_verified(self, address: bytes, length: int) -> int | None:
-        """A descriptor on chunk ``address`` whose ``length`` bytes were just verified, or ``None``.
+    def open_verified(self, address: bytes, length: int, verified: VerifiedRanges | None = None) -> int | None:
+        """A descriptor on chunk ``address`` whose ``length`` bytes are verified, or ``None``.
 
         Same outcomes as :meth:`load` (``None`` for no chunk of that length, CorruptChunk
         after removing a bad file), without holding the chunk in memory: the digest is
-        taken over reads into a small per-thread buffer, and the caller ``os.pread``s
-        the pieces it sends (now in the page cache), then closes the descriptor. Chunk
-        files are never modified once named, so the bytes read later are the bytes
-        verified (the descriptor keeps them readable even if the pruner unlinks the
-        name meanwhile). ``OSError`` (a disk error) propagates with nothing left open.
+        taken over reads into a small per-thread buffer, and the caller sends the bytes
+        from the descriptor (``sendfile`` or ``pread``), then closes it. With ``verified``
+        a chunk file verified recently is not hashed again (see :mod:`cache.verified`);
+        without, it always is (the auditor). Chunk files are never modified once named,
+        so the bytes read later are the bytes verified (the descriptor keeps them readable
+        even if the pruner unlinks the name meanwhile). ``OSError`` (a disk error)
+        propagates with nothing left open.
         """
         try:
             fd = os.open(self.path(address), os.O_RDONLY | os.O_CLOEXEC)
@@ -136,31 +117,18 @@ class ChunkStore:
             return None
         try:
             st = os.fstat(fd)
-            if st.st_size == length and length > 0 and self._digest(fd, length) == address:
-                fd, opened = -1, fd
-                return opened
+            if st.st_size == length and length > 0:
+                good = (verified.verify(fd, st, 0, length, address) if verified is not None
+                        else self._hasher.digest(fd, 0, length) == address)
+                if good:
+                    fd, opened = -1, fd
+                    return opened
         finally:
             if fd >= 0:
                 os.close(fd)
         # Another length (a collision or a truncated file), or bad bytes: load() sorts it out.
         self.load(address, length)
         return None
-
-    def _digest(self, fd: int, length: int) -> bytes | None:
-        """xxh3-128 of the first ``length`` bytes of ``fd``; ``None`` if the file is shorter."""
-        buf: memoryview | None = getattr(self._local, "verify", None)
-        if buf is None:
-            buf = self._local.verify = memoryview(bytearray(VERIFY_PIECE))  # lives as long as its thread
-        _populate_huge(fd, length)
-        digest = xxhash.xxh3_128()
-        pos = 0
-        while pos < length:
-            n = os.preadv(fd, [buf[:min(VERIFY_PIECE, length - pos)]], pos)
-            if n <= 0:
-                return None
-            digest.update(buf[:n])
-            pos += n
-        return digest.digest()
 
     def _remove_if_same(self, path: Path, st: os.stat_result) -> None:
         # Only the file we checked: a fill may have just put a good one in its place.

@@ -40,8 +40,10 @@ from .ingest import Ingest
 from .manifest import Manifest, ManifestTable
 from .prefetch import PrefetchQueue, PrefetchResult, Resolver, prefetch_all
 from .pruner import PruneResult
+from .file_slice import FileSlice
 from .reader import Pins, Reader
 from .txn import DbWriter, write_txn
+from .verified import VerifiedRanges
 
 __all__ = ["ImageCache", "PrefetchResult"]
 
@@ -90,8 +92,9 @@ class ImageCache:
         self._bg = ThreadPoolExecutor(2, thread_name_prefix="cache-bg")
         self.runner = FillRunner(self.store, self.pending, self._io, self._verify, retries=upstream_retries,
                                  stall_timeout=stall_timeout, reserve=self._reserve)
+        self.verified = VerifiedRanges()  # chunks on disk verified lately: not hashed again per read
         self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn, verifier=self._verify,
-                             admission=self.admission, readahead=readahead_chunks)
+                             admission=self.admission, readahead=readahead_chunks, verified=self.verified)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Task[None] | None = None
@@ -220,25 +223,41 @@ class ImageCache:
 
     # -- bytes in and out ---------------------------------------------------------
 
-    def open_ingest(self, image_id: str) -> Ingest:
-        """Start caching an upload; see :class:`Ingest`. The caller finishes or aborts it,
-        then records the manifest (:meth:`record_manifest`) with the image."""
-        return Ingest(image_id, self.chunk_size, self.store, self.pending, self.pins, self._io, self._reserve)
+    def open_ingest(self, image_id: str, *, keep_chunks: bool = True) -> Ingest:
+        """Start hashing (and, with ``keep_chunks``, caching) an upload; see :class:`Ingest`.
+        The caller finishes or aborts it, then records the manifest (:meth:`record_manifest`)
+        with the image. An image stored in a local file store keeps no chunks: it is read
+        from its own file (:mod:`cache.local_files`), so each uploaded byte is written once."""
+        return Ingest(image_id, self.chunk_size, self.store, self.pending, self.pins, self._io, self._reserve,
+                      keep_chunks=keep_chunks)
 
     async def read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
                    location: str, *, count_hit: bool = True) -> AsyncIterator[bytes | memoryview]:
         """Yield ``byte_range`` of the image (pieces <= 1 MiB, ``bytes`` or ``memoryview``).
 
-        Cached chunks come from disk (verified); missing ones from the fill already
-        bringing them or a new one reading ``location`` from ``source``. Raises
-        :class:`CacheError` (``UpstreamFailed``, ``UpstreamCorrupt``) mid-stream if the
-        bytes cannot be delivered: the caller must then abort the response. Raises
-        ``ValueError`` at once for a range past the end. Close the iterator if you stop
-        early; fills go on for other readers.
+        Chunks on local disk (cached, or the image's file in a local store) are verified
+        first; missing ones come from the fill already bringing them or a new one reading
+        ``location`` from ``source``. Raises :class:`CacheError` (``UpstreamFailed``,
+        ``UpstreamCorrupt``) mid-stream if the bytes cannot be delivered: the caller must
+        then abort the response. Raises ``ValueError`` at once for a range past the end.
+        Close the iterator if you stop early; fills go on for other readers.
         """
+        async for piece in self._read(image_id, manifest, byte_range, source, location, count_hit, False):
+            assert not isinstance(piece, FileSlice)
+            yield piece
+
+    async def read_slices(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
+                          location: str) -> AsyncIterator[bytes | memoryview | FileSlice]:
+        """:meth:`read`, but each chunk on local disk comes as one :class:`FileSlice`, valid
+        until the iterator is resumed: for a sender that does not copy it (``sendfile``)."""
+        async for piece in self._read(image_id, manifest, byte_range, source, location, True, True):
+            yield piece
+
+    async def _read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
+                    location: str, count_hit: bool, slices: bool) -> AsyncIterator[bytes | memoryview | FileSlice]:
         try:
             async for piece in self.reader.read(image_id, manifest, byte_range, source, location,
-                                                count_hit=count_hit):
+                                                count_hit=count_hit, slices=slices):
                 yield piece
         finally:
             if not self._closed:

@@ -44,7 +44,7 @@ class Ingest:
     """
 
     def __init__(self, image_id: str, chunk_size: int, store: ChunkStore, pending: PendingWrites,
-                 pins: Pins, executor: Executor, reserve: Callable[[int], bool]) -> None:
+                 pins: Pins, executor: Executor, reserve: Callable[[int], bool], *, keep_chunks: bool = True) -> None:
         self.image_id = image_id
         self.chunk_size = chunk_size
         self._store = store
@@ -61,7 +61,7 @@ class Ingest:
         self._pinned: list[bytes] = []  # pinned until the manifest is recorded or dropped
         self._digesting: deque[asyncio.Future[None]] = deque()
         self._writes: deque[asyncio.Future[None]] = deque()
-        self._caching = True
+        self._caching = keep_chunks  # False: addresses and digests only, no chunk files
         self._closed = False
         self.size = 0
 

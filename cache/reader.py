@@ -1,12 +1,18 @@
-"""The read path: cached chunks from disk, missing ones from single-flight fills.
+"""The read path: cached chunks (or the store's own local file) from disk, missing ones from fills.
 
-Cached chunks are verified whole on a worker thread of their own (the verify pool, so a
-verification never queues behind fills' disk writes): reads into a small buffer feeding
-xxh3, ~1 ms per 4 MiB. Then the verified chunk, now in the page cache, is sent as sync
-``os.pread`` pieces of ``PIECE_SIZE`` on the event loop (fastest when in the page cache,
-see anchors/limits.md): a stream holds one piece, not one chunk, so 32 streams of 1 GiB
-fit in well under 200 MiB. The loop is yielded once per chunk so that one fast stream
-cannot starve the others. A corrupt chunk is dropped and refilled, never sent.
+A chunk on local disk (a chunk file of the cache, or the chunk's range of the image's
+file in a local store, :mod:`cache.local_files`) is verified on a worker thread of the
+verify pool (so a verification never queues behind fills' disk writes) before a byte of
+it leaves: hashed once through a small buffer, then remembered for a while
+(:mod:`cache.verified`), so concurrent and repeated reads of a hot image do not hash it
+again. The verified chunk is then handed on as a :class:`FileSlice` (the HTTP layer
+sends it with ``sendfile``, no copy through Python) or, for readers that want bytes, as
+``os.pread`` pieces of ``PIECE_SIZE`` on the event loop (fast when in the page cache, see
+anchors/limits.md): a stream holds one piece or one descriptor, not one chunk, so 32
+streams of 1 GiB fit in well under 200 MiB. The next chunk is verified while one is
+sent, and the loop is yielded once per chunk so that one fast stream cannot starve the
+others. A corrupt cached chunk is dropped and refilled, never sent; a corrupt range of a
+local store file has no other copy, so it fails the read (logged, counted).
 
 While one chunk is being sent, the next ones of the range are already being filled
 (``readahead`` chunks, 2 by default), so the upstream never idles between chunks, and a
@@ -19,7 +25,6 @@ Fills are admitted (:class:`cache.admission.Admission`): the chunk a reader send
 waits for a grant; read-ahead starts only if a grant is free at once, and is dropped
 when its reader leaves (see :mod:`cache.fill_buffer`).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -30,18 +35,22 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from backends.base import PIECE_SIZE, ByteRange, ReadBackend
+from backends.base import PIECE_SIZE, ByteRange, ReadBackend, local_file
 
 from .admission import Admission
 from .chunks import ChunkStore
-from .errors import CacheError, CorruptChunk
+from .errors import CacheError, CorruptChunk, UpstreamCorrupt, UpstreamFailed
+from .file_slice import FileSlice
 from .fill import Fill, FillRunner, FillSpec, run_for_fd
 from .index import PendingWrites
+from .local_files import open_range
 from .manifest import Manifest
+from .verified import VerifiedRanges
 
 __all__ = ["Pins", "Reader"]
 
@@ -78,13 +87,15 @@ class Pins:
 class Reader:
     """Streams image bytes through the cache. Runs on one event loop.
 
-    ``verifier`` runs the verification of cached chunks; ``admission`` bounds fills.
+    ``verifier`` runs the verification of chunks on disk, ``verified`` remembers it;
+    ``admission`` bounds fills.
     """
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, runner: FillRunner, pins: Pins,
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], *, verifier: Executor,
-                 admission: Admission, readahead: int = 2) -> None:
+                 admission: Admission, readahead: int = 2, verified: VerifiedRanges | None = None) -> None:
         self.store = store
+        self.verified = verified if verified is not None else VerifiedRanges()
         self.pending = pending
         self.runner = runner
         self.pins = pins
@@ -166,12 +177,12 @@ class Reader:
             fill.claim(demand=False)
         return fill
 
-    # -- cached chunks ------------------------------------------------------------------
+    # -- chunks on local disk ------------------------------------------------------------
 
-    async def _open(self, address: bytes, length: int) -> int | None:
+    async def _open_chunk_file(self, address: bytes, length: int) -> int | None:
         self.pins.add(address)
         try:
-            return await run_for_fd(self._verifier, self.store.open_verified, address, length)
+            return await run_for_fd(self._verifier, self.store.open_verified, address, length, self.verified)
         except CorruptChunk:
             log.error("cached chunk %s is corrupt; dropped, refilling from the store", address.hex())
             self.pending.dropped(address)
@@ -187,18 +198,51 @@ class Reader:
         address = self._address(image_id, manifest, index)
         return address is not None and index not in manifest.collisions and self.store.exists(address)
 
-    async def _open_cached(self, image_id: str, manifest: Manifest, index: int) -> tuple[int, bytes] | None:
+    def _local(self, walk: _Walk, index: int) -> bool:
+        """Whether chunk ``index`` is read from the image's local store file (its address,
+        to verify it by, is known; a chunk of unknown address is filled, which learns it)."""
+        return walk.local is not None and self._address(walk.image_id, walk.manifest, index) is not None
+
+    async def _open_cached(self, image_id: str, manifest: Manifest, index: int) -> _Opened | None:
         address = self._address(image_id, manifest, index)
         if address is None or index in manifest.collisions or self.pending.collides(image_id, index):
             return None
-        fd = await self._open(address, manifest.chunk_range(index).length)
-        return None if fd is None else (fd, address)
+        fd = await self._open_chunk_file(address, manifest.chunk_range(index).length)
+        return None if fd is None else _Opened(fd, 0, address)
+
+    async def _open_local(self, walk: _Walk, index: int) -> _Opened:
+        """Chunk ``index``'s range of the local store file, verified. Raises UpstreamCorrupt
+        (logged, counted: there is no other copy) or UpstreamFailed (unreadable)."""
+        span = walk.manifest.chunk_range(index)
+        address = self._address(walk.image_id, walk.manifest, index)
+        assert walk.local is not None and address is not None
+        try:
+            fd = await run_for_fd(self._verifier, open_range, walk.local, span.start, span.length, address,
+                                  self.verified)
+        except OSError as exc:
+            raise UpstreamFailed(f"cannot read the image's file in the store: {exc}", image_id=walk.image_id,
+                                 offset=span.start) from exc
+        if fd is None:
+            log.error("image %s: bytes %d-%d of its store file %s do not match the manifest; the read is cut "
+                      "(there is no other copy)", walk.image_id, span.start, span.end, walk.local)
+            self.pending.count("corrupt_store_ranges")
+            raise UpstreamCorrupt(f"bytes {span.start}-{span.end} of the image's file in the store are corrupt",
+                                  image_id=walk.image_id, offset=span.start)
+        return _Opened(fd, span.start, None)
+
+    async def _open(self, walk: _Walk, index: int) -> _Opened | None:
+        """Chunk ``index`` verified on local disk, or ``None`` if it must be filled."""
+        if self._local(walk, index):
+            return await self._open_local(walk, index)
+        return await self._open_cached(walk.image_id, walk.manifest, index)
 
     # -- reading ------------------------------------------------------------------------
 
     async def read(self, image_id: str, manifest: Manifest, byte_range: ByteRange, source: ReadBackend,
-                   location: str, *, count_hit: bool = True) -> AsyncIterator[bytes | memoryview]:
-        """Yield bytes ``byte_range`` of the image in pieces of at most ``PIECE_SIZE``.
+                   location: str, *, count_hit: bool = True,
+                   slices: bool = False) -> AsyncIterator[bytes | memoryview | FileSlice]:
+        """Yield bytes ``byte_range`` of the image in pieces of at most ``PIECE_SIZE``; with
+        ``slices``, chunks on local disk as one :class:`FileSlice` each instead.
 
         Raises :class:`CacheError` (mid-stream) if the bytes cannot be delivered. The
         caller closes the iterator if it stops early; the fill of the chunk it was
@@ -210,7 +254,8 @@ class Reader:
             return
         self.pending.hit(image_id, count_hit)
         cs = manifest.chunk_size
-        walk = _Walk(image_id, manifest, source, location, (byte_range.end - 1) // cs)
+        walk = _Walk(image_id, manifest, source, location, (byte_range.end - 1) // cs, local_file(source, location),
+                     slices)
         try:
             for index in range(byte_range.start // cs, walk.last + 1):
                 span = manifest.chunk_range(index)
@@ -224,7 +269,7 @@ class Reader:
     def _ahead(self, walk: _Walk, index: int) -> None:
         """Start (or join) the fills of the chunks after ``index``, while grants are free."""
         for later in range(index + 1, min(walk.last, index + self.readahead) + 1):
-            if later in walk.ahead or self._cached(walk.image_id, walk.manifest, later):
+            if later in walk.ahead or self._local(walk, later) or self._cached(walk.image_id, walk.manifest, later):
                 continue
             fill = self._read_ahead(self._spec(walk.image_id, walk.manifest, later, walk.source, walk.location))
             if fill is None:
@@ -233,14 +278,15 @@ class Reader:
 
     def _verify_next(self, walk: _Walk, index: int) -> None:
         """Verify the next chunk on the verify pool while this one is sent, so a stream of
-        cached chunks never waits for a thread hop between them."""
+        chunks on disk never waits for a thread hop between them."""
         later = index + 1
-        if later <= walk.last and later not in walk.opening and self._cached(walk.image_id, walk.manifest, later):
-            walk.opening[later] = asyncio.ensure_future(self._open_cached(walk.image_id, walk.manifest, later))
+        if later <= walk.last and later not in walk.opening and (
+                self._local(walk, later) or self._cached(walk.image_id, walk.manifest, later)):
+            walk.opening[later] = asyncio.ensure_future(self._open(walk, later))
 
-    async def _chunk(self, walk: _Walk, index: int, lo: int, hi: int) -> AsyncIterator[bytes | memoryview]:
-        """Bytes ``lo``..``hi`` of chunk ``index``: from the cache, else from a fill."""
-        span = walk.manifest.chunk_range(index)
+    async def _chunk(self, walk: _Walk, index: int, lo: int,
+                     hi: int) -> AsyncIterator[bytes | memoryview | FileSlice]:
+        """Bytes ``lo``..``hi`` of chunk ``index``: from local disk, else from a fill."""
         fill = walk.ahead.pop(index, None)
         if fill is not None:
             fill.demand()
@@ -249,27 +295,10 @@ class Reader:
             while pos < hi:
                 if fill is None:
                     opening = walk.opening.pop(index, None)
-                    opened = await (opening or self._open_cached(walk.image_id, walk.manifest, index))
+                    opened = await (opening or self._open(walk, index))
                     if opened is not None:
-                        fd, address = opened
-                        self._ahead(walk, index)
-                        self._verify_next(walk, index)
-                        self.pending.touch(address)
-                        self.pending.count("hits")
-                        self.pending.count("bytes_served", hi - pos)
-                        try:
-                            for start in range(pos, hi, PIECE_SIZE):
-                                stop = min(hi, start + PIECE_SIZE)
-                                piece = os.pread(fd, stop - start, start)
-                                if len(piece) != stop - start:
-                                    raise CacheError("cached chunk ended early", image_id=walk.image_id,
-                                                     offset=span.start + start)
-                                yield piece
-                        finally:
-                            os.close(fd)
-                        # Reads and sends of cached chunks never block on loopback: give the
-                        # other requests a turn once per chunk, or one stream holds the loop.
-                        await asyncio.sleep(0)
+                        async for piece in self._from_disk(walk, index, opened, pos, hi):
+                            yield piece
                         return
                     fill = await self._demand(
                         self._spec(walk.image_id, walk.manifest, index, walk.source, walk.location), walk.ahead)
@@ -285,6 +314,42 @@ class Reader:
             if fill is not None:
                 fill.unclaim()
 
+    async def _from_disk(self, walk: _Walk, index: int, opened: _Opened, lo: int,
+                         hi: int) -> AsyncIterator[bytes | memoryview | FileSlice]:
+        """Bytes ``lo``..``hi`` of a verified chunk on disk; closes its descriptor."""
+        try:
+            self._ahead(walk, index)
+            self._verify_next(walk, index)
+            if opened.address is not None:
+                self.pending.touch(opened.address)
+                self.pending.count("hits")
+            self.pending.count("bytes_served", hi - lo)
+            if walk.slices:
+                yield FileSlice(opened.fd, opened.base + lo, hi - lo)
+            else:
+                for start in range(lo, hi, PIECE_SIZE):
+                    stop = min(hi, start + PIECE_SIZE)
+                    piece = os.pread(opened.fd, stop - start, opened.base + start)
+                    if len(piece) != stop - start:
+                        raise CacheError("a verified chunk ended early", image_id=walk.image_id,
+                                         offset=walk.manifest.chunk_range(index).start + start)
+                    yield piece
+        finally:
+            os.close(opened.fd)
+        # Reads and sends from disk hardly ever block on loopback: give the other requests
+        # a turn once per chunk, or one stream holds the loop.
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A verified chunk on disk: its bytes start at ``base`` in ``fd``; ``address`` names a
+    cached chunk file (``None``: the image's local store file)."""
+
+    fd: int
+    base: int
+    address: bytes | None
+
 
 @dataclass
 class _Walk:
@@ -295,8 +360,10 @@ class _Walk:
     source: ReadBackend
     location: str
     last: int  # index of the last chunk of the range
+    local: Path | None  # the image's file in a local store, read in place of the cache
+    slices: bool  # chunks on disk as FileSlices (else as bytes)
     ahead: dict[int, Fill] = field(default_factory=dict)
-    opening: dict[int, asyncio.Future[tuple[int, bytes] | None]] = field(default_factory=dict)
+    opening: dict[int, asyncio.Future[_Opened | None]] = field(default_factory=dict)
 
     def close(self) -> None:
         """Let go of read-ahead claims and of verified chunks the read did not get to."""
@@ -307,11 +374,11 @@ class _Walk:
             future.add_done_callback(_close_opened)
 
 
-def _close_opened(future: asyncio.Future[tuple[int, bytes] | None]) -> None:
+def _close_opened(future: asyncio.Future[_Opened | None]) -> None:
     if not future.cancelled() and future.exception() is None:
         opened = future.result()
         if opened is not None:
-            os.close(opened[0])
+            os.close(opened.fd)
 
 
 def _drop(ahead: dict[int, Fill]) -> None:

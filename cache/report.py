@@ -18,7 +18,7 @@ __all__ = ["COUNTERS", "cached_images", "counters", "image_row"]
 # Persisted counters, summed over all processes sharing the cache.
 COUNTERS = ("hits", "misses", "bytes_upstream", "bytes_served", "coalesced_waiters", "fills", "fill_failures",
             "uncached_fills", "upstream_retries", "corrupt_chunks", "collisions", "evicted_chunks",
-            "evicted_bytes", "tail_stalls")
+            "evicted_bytes", "tail_stalls", "corrupt_store_ranges")
 
 
 def image_row(txn: lmdb.Transaction, manifests: ManifestTable, index: ChunkIndex,

@@ -14,6 +14,9 @@ subclass bounds both, with the two uvicorn settings whose meaning they are:
 
 Requests the parser refuses (a malformed or 5,000-digit ``Content-Length``, garbage) are
 answered with the API's JSON error body instead of uvicorn's plain-text 400.
+
+It also implements the ASGI ``http.response.zerocopysend`` extension (:mod:`imgproxy.zerocopy`):
+image data on local disk goes to the socket with ``sendfile``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .errors import error_response
+from .zerocopy import ZEROCOPY, ZeroCopySend
 
 __all__ = ["BoundedHttpToolsProtocol", "PROTOCOL"]
 
@@ -53,6 +57,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._senders: set[ZeroCopySend] = set()  # of cycles whose response is not over
 
     # -- the deadline for a complete request head ---------------------------------------
 
@@ -79,15 +84,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+        for sender in list(self._senders):
+            sender.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {ZEROCOPY: {}}
         self._head_bytes = 0
         self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:
+            # The app's task has not run yet: it will be handed this send.
+            sender = ZeroCopySend(self.cycle, self.loop, self._senders.discard)
+            self._senders.add(sender)
+            self.cycle.send = sender  # type: ignore[method-assign]
 
     # -- the size of a request head -----------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from backends import BackendError, Copy, FailoverBackend, ReadBackend
+from backends import BackendError, Copy, FailoverBackend, ReadBackend, local_file
 from cache import Manifest
 
 from .ops.store_meter import MeteredStore
@@ -74,7 +74,8 @@ async def resolve_source(service: "Service", record: dict[str, Any], prefer: Seq
     store, backend, location = copies[0]
     if len(copies) > 1:
         backend = FailoverBackend(copies)
-    if service.metrics is not None:
+    # A local file store is read in place (cache.local_files), which the meter would hide.
+    if service.metrics is not None and local_file(backend, location) is None:
         backend = MeteredStore(backend, store or urlsplit(location).scheme, service.metrics)
     image_id: str = record["id"]
     manifest = service.cache.get_manifest(image_id)

@@ -24,8 +24,11 @@ CHUNK = 64 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
 
 def cache_server_config(**overrides: object) -> dict[str, object]:
-    """Small chunks; loops off unless a test turns one on, so only the test acts on the cache."""
+    """Small chunks; loops off unless a test turns one on, so only the test acts on the cache.
+    The file store is cached like a remote store (``in_place = false``, as for a network
+    filesystem): these tests are about the cache."""
     config: dict[str, object] = {
+        "file": {"in_place": False},
         "chunk_size": CHUNK,
         "cache_max_size": 64 * 1024 * 1024,
         "prune_interval": 0,

@@ -5,11 +5,16 @@ cache, verifying a first whole read) are :mod:`imgproxy.images`. Here: the reque
 headers, and the streaming response, which is cut when the image's bytes fail after
 its status line was sent (the body is then shorter than its Content-Length, so a
 client sees an error, never a clean short response).
+
+Verified chunks on local disk arrive as :class:`cache.FileSlice`\ s: sent with the ASGI
+``http.response.zerocopysend`` extension where the server offers it (``imgproxy serve``
+does, :mod:`imgproxy.zerocopy`), else read with ``pread`` pieces and sent as bytes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,9 +24,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.utils import ClientDisconnected
 
+from backends import PIECE_SIZE
+from cache import FileSlice
+
 from ..errors import BadRequest, UnsupportedMediaType
 from ..images import Download, ImageDataError
 from ..memory import IdleTrimmer
+from ..zerocopy import ZEROCOPY
 from .common import caller, path_image_id, service_of
 
 __all__ = ["routes", "upload", "download", "download_headers", "ImageDataResponse"]
@@ -86,20 +95,33 @@ class ImageDataResponse(Response):
         self._trimmer = trimmer
         self._image_id: str = download.record["id"]
         self._first = download.first
-        self._rest: AsyncIterator[bytes | memoryview] = download.body
+        self._rest: AsyncIterator[bytes | memoryview | FileSlice] = download.body
         self.status_code = status_code
         self.background = None
         self.init_headers(headers)
+        self._zero_copy = False
 
-    async def _send_body(self, send: Send, piece: bytes | memoryview, more: bool) -> bool:
+    async def _send_body(self, send: Send, piece: bytes | memoryview | FileSlice, more: bool) -> bool:
         """Send one piece; False if the client has gone."""
         try:
-            await send({"type": "http.response.body", "body": piece, "more_body": more})
+            if not isinstance(piece, FileSlice):
+                await send({"type": "http.response.body", "body": piece, "more_body": more})
+            elif self._zero_copy:
+                await send({"type": ZEROCOPY, "file": piece.fd, "offset": piece.offset, "count": piece.count,
+                            "more_body": more})
+            else:
+                end = piece.offset + piece.count
+                for start in range(piece.offset, end, PIECE_SIZE):
+                    data = os.pread(piece.fd, min(PIECE_SIZE, end - start), start)
+                    if len(data) != min(PIECE_SIZE, end - start):
+                        raise ImageDataError("a verified file ended early", image_id=self._image_id)
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         except CLIENT_GONE:
             return False
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._zero_copy = ZEROCOPY in scope.get("extensions", {})
         self._trimmer.begin()
         try:
             try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import CancelScope
 
-from backends import PIECE_SIZE, BackendError, UnknownStore, WriteBackend, Writer
+from backends import PIECE_SIZE, BackendError, UnknownStore, WriteBackend, Writer, local_file
 from cache import OS_HASH_ALGO, Ingest, Manifest
 
 from ..context import RequestContext
@@ -147,7 +147,9 @@ async def store_data(service: "Service", image_id: str, body: AsyncIterator[byte
     is kept: the store's writer and the cache's ingest are aborted.
     """
     writer = await store.open_writer(image_id)
-    ingest = service.cache.open_ingest(image_id)
+    # A local file store is read in place (verified against the manifest): caching its
+    # chunks too would write every byte twice.
+    ingest = service.cache.open_ingest(image_id, keep_chunks=local_file(store, store.location_for(image_id)) is None)
     try:
         size = await _receive_into(body, writer, ingest, cap, inspector)
         if declared is not None and size != declared:

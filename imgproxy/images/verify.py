@@ -50,12 +50,15 @@ class InlineVerifier:
         # (does not; killed), None (the read ended before the last byte).
         self._verdicts: dict[str, asyncio.Future[bool | None]] = {}
 
+    def owed(self, image_id: str, url: str) -> bool:
+        """Whether whole reads of the image at ``url`` are verified in line (it owes a verify pass)."""
+        return self._s.registry.owed_pass(image_id) == (url, "verify")
+
     def wrap(self, record: dict[str, Any], url: str, size: int, body: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
         """``body`` (the whole image) verified as described in the module; unchanged when
         no verify pass is owed."""
         image_id: str = record["id"]
-        owed = self._s.registry.owed_pass(image_id)
-        if owed is None or owed != (url, "verify"):
+        if not self.owed(image_id, url):
             return body
         verdict = self._verdicts.get(image_id)
         if verdict is None:

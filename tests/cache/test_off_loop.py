@@ -8,6 +8,7 @@ import pytest
 
 from backends.base import ByteRange
 from cache.txn import DbWriter, LoopWriteError, write_txn
+from cache.verified import VerifiedRanges
 from tests.cache.helpers import CHUNK, ScriptedStore, image_bytes
 
 
@@ -63,9 +64,9 @@ async def test_chunk_verification_and_loads_run_off_the_event_loop(make_cache, a
     store = cache.store
     verify, load = store.open_verified, store.load
 
-    def recording_verify(address: bytes, length: int) -> int | None:
+    def recording_verify(address: bytes, length: int, verified: VerifiedRanges | None = None) -> int | None:
         threads.append(("verify", threading.get_ident()))
-        return verify(address, length)
+        return verify(address, length, verified)
 
     def recording_load(address: bytes, length: int) -> bytes | None:
         threads.append(("load", threading.get_ident()))

@@ -1,0 +1,169 @@
+"""The ASGI ``http.response.zerocopysend`` extension, for uvicorn's httptools protocol.
+
+An app that finds ``"http.response.zerocopysend"`` in ``scope["extensions"]`` may send a
+body part as ``{"type": "http.response.zerocopysend", "file": fd, "offset": o, "count": n,
+"more_body": ...}`` (the ASGI spec's extension): the bytes go from the file to the socket
+with ``os.sendfile``, never through Python. Everything else about the response (status,
+headers, Content-Length or chunked framing, keep-alive) stays uvicorn's: the body's
+``more_body=False`` end goes through uvicorn's own ``send``.
+
+- **Flow control.** ``sendfile`` needs the socket to itself, so what uvicorn buffered
+  (the head) is flushed first, through uvicorn's own writable signal. The socket is
+  non-blocking: when it is full (``EAGAIN``) the sender waits until it is writable
+  again, on a duplicate of its descriptor (an event loop refuses to watch a descriptor a
+  transport owns), or until the connection is lost.
+- **Fair service.** At most ``SLICE`` bytes per ``sendfile`` call, then the loop is
+  yielded, so with one worker and many streams no stream waits behind another's whole
+  chunk (nginx's ``sendfile_max_chunk`` does the same).
+- **Errors.** A client that has gone raises uvicorn's ``ClientDisconnected`` (an
+  ``OSError``); a file that ends before ``count`` raises ``OSError`` and the app's error
+  then cuts the connection (the body is shorter than its Content-Length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.utils import ClientDisconnected
+
+__all__ = ["ZEROCOPY", "SLICE", "ZeroCopySend"]
+
+ZEROCOPY = "http.response.zerocopysend"
+
+# Bytes per sendfile call between two turns of the event loop: big enough that the
+# per-call cost stays small (1,024 calls per GiB), small enough that 32 streams take a
+# turn each within a few milliseconds.
+SLICE = 1024 * 1024
+
+
+def _fileno(file: Any) -> int:
+    return file if isinstance(file, int) else int(file.fileno())
+
+
+class ZeroCopySend:
+    """``send`` of one request/response cycle: uvicorn's, plus zerocopysend messages.
+
+    Runs on the event loop; not thread-safe. It releases the duplicate descriptor it may
+    hold when the response ends or its sending fails; the protocol calls :meth:`close`
+    when the connection is lost (which also stops a wait for the socket).
+    """
+
+    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop,
+                 on_close: Callable[[ZeroCopySend], None] = lambda _: None) -> None:
+        self._cycle = cycle
+        self._send = cycle.send  # uvicorn's own, for every other message
+        self._loop = loop
+        self._on_close = on_close
+        self._watch_fd = -1  # a duplicate of the socket's descriptor, watched for writability
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] != ZEROCOPY:
+            await self._send(message)
+            if self._cycle.response_complete:
+                self.close()
+            return
+        try:
+            await self._zerocopysend(message)
+        except BaseException:
+            self.close()  # the app's error cuts the connection: no more sends
+            raise
+
+    async def _zerocopysend(self, message: Any) -> None:
+        cycle = self._cycle
+        if cycle.disconnected:
+            raise ClientDisconnected
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{ZEROCOPY}' before the response started or after it ended.")
+        fd = _fileno(message["file"])
+        offset = message.get("offset")
+        at_position = offset is None  # the spec: from the file's position, which then advances
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        count = message.get("count")
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if count and cycle.scope["method"] != "HEAD":
+            if cycle.chunked_encoding:
+                cycle.transport.write(b"%x\r\n" % count)
+                await self._sendfile(fd, offset, count)
+                cycle.transport.write(b"\r\n")
+            else:
+                if count > cycle.expected_content_length:
+                    raise RuntimeError("Response content longer than Content-Length")
+                await self._sendfile(fd, offset, count)
+                cycle.expected_content_length -= count
+        if at_position:
+            os.lseek(fd, offset + count, os.SEEK_SET)
+        if not message.get("more_body", False):
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.close()
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        cycle = self._cycle
+        transport = cycle.transport
+        await self._flushed()
+        end = offset + count
+        while offset < end:
+            # Checked right before each call, with no await in between: a transport that is
+            # not closing still owns its descriptor, which no other connection can hold then.
+            if cycle.disconnected or transport.is_closing():
+                raise ClientDisconnected
+            sock = transport.get_extra_info("socket").fileno()
+            try:
+                sent = os.sendfile(sock, fd, offset, min(SLICE, end - offset))
+            except BlockingIOError:
+                await self._writable(sock)
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ClientDisconnected from exc
+            if sent == 0:
+                raise OSError(errno.EIO, f"the file ended at {offset}, before the {count} bytes to send")
+            offset += sent
+            await asyncio.sleep(0)  # a turn for the other streams
+
+    async def _flushed(self) -> None:
+        """Wait until uvicorn's write buffer (the response head) is on the wire."""
+        transport = self._cycle.transport
+        if transport.get_write_buffer_size() == 0:
+            return
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)  # the protocol is paused until the buffer is empty
+        try:
+            await self._cycle.flow.drain()  # resumed when empty, or when the connection is lost
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    async def _writable(self, sock: int) -> None:
+        if self._watch_fd < 0:
+            self._watch_fd = os.dup(sock)
+        fd = self._watch_fd
+        waiter = self._waiter = self._loop.create_future()
+        self._loop.add_writer(fd, _set, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._watch_fd == fd:  # not closed meanwhile
+                self._loop.remove_writer(fd)
+
+    def close(self) -> None:
+        """Stop waiting for the socket and release the duplicate descriptor. Idempotent."""
+        if self._waiter is not None:
+            _set(self._waiter)
+        if self._watch_fd >= 0:
+            fd, self._watch_fd = self._watch_fd, -1
+            self._loop.remove_writer(fd)
+            os.close(fd)
+        self._on_close(self)
+
+
+def _set(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

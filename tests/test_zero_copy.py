@@ -1,0 +1,251 @@
+"""Zero-copy reads over HTTP: verified chunks go out with sendfile, local store files are read in place.
+
+Real servers on loopback: ``imgproxy serve`` (whose protocol offers the ASGI
+``http.response.zerocopysend`` extension), and the same app under uvicorn's own h11
+protocol, which does not (the fallback path: ``pread`` pieces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cache_http import CHUNK, CacheClient, cache_server_config, chunk_files, payload, wait_for
+from tests.server import ServerProcess, free_port
+
+SIZE = 5 * CHUNK + 1234  # six chunks, the last one short
+
+# Ranges that start, end or straddle chunk boundaries (and the whole image).
+RANGES = [(0, 0), (CHUNK - 1, CHUNK), (CHUNK - 10, 3 * CHUNK + 9), (2 * CHUNK, 4 * CHUNK - 1),
+          (5 * CHUNK, SIZE - 1), (17, SIZE - 1)]
+
+
+def in_place_config(**overrides: object) -> dict[str, object]:
+    """The cache tests' settings, with the file store read in place (the default)."""
+    config = cache_server_config(**overrides)
+    del config["file"]
+    return config
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Corrupt one byte in place, as a disk error or a stray write would."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def store_file(server: ServerProcess, image_id: str) -> Path:
+    return server.data_dir / "images" / image_id
+
+
+def get_cut(server: ServerProcess, image_id: str, headers: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """(status, declared length, bytes received) of a download read to its end or its cut."""
+    with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.admin_token}, timeout=30) as http:
+        with http.stream("GET", f"/v2/images/{image_id}/file", headers=headers or {}) as r:
+            got = 0
+            try:
+                for part in r.iter_raw():
+                    got += len(part)
+            except httpx.RemoteProtocolError:
+                pass  # the connection was cut before Content-Length bytes
+            return r.status_code, int(r.headers.get("content-length", -1)), got
+
+
+@pytest.fixture
+def in_place(server_factory: Callable[..., ServerProcess]) -> Iterator[tuple[ServerProcess, CacheClient]]:
+    server = server_factory(config=in_place_config())
+    api = CacheClient(server)
+    yield server, api
+    api.close()
+
+
+def test_an_upload_to_a_local_store_is_written_once_and_served_from_the_store_file(
+        in_place: tuple[ServerProcess, CacheClient]) -> None:
+    server, api = in_place
+    data = payload(SIZE, seed=21)
+    image_id = api.new_image(data)
+    assert store_file(server, image_id).read_bytes() == data
+    assert chunk_files(server.data_dir) == []  # no second copy in the cache
+    assert api.download(image_id) == data
+    assert api.download(image_id) == data  # again, remembered as verified
+    assert chunk_files(server.data_dir) == []
+    assert api.stats()["bytes_cached"] == 0
+
+
+@pytest.mark.parametrize("in_place_store", [True, False], ids=["store-file", "cached-chunks"])
+def test_ranges_across_chunk_boundaries_are_exact(server_factory: Callable[..., ServerProcess],
+                                                  in_place_store: bool) -> None:
+    config = in_place_config() if in_place_store else cache_server_config()
+    server = server_factory(config=config)
+    api = CacheClient(server)
+    data = payload(SIZE, seed=22)
+    image_id = api.new_image(data)
+    assert (chunk_files(server.data_dir) == []) == in_place_store
+    for first, last in RANGES:
+        r = api.http.get(f"/v2/images/{image_id}/file", headers={"Range": f"bytes={first}-{last}"})
+        assert r.status_code == 206, r.text
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{SIZE}"
+        assert r.content == data[first:last + 1]
+    api.close()
+
+
+def test_a_corrupt_byte_in_the_store_file_is_never_sent(in_place: tuple[ServerProcess, CacheClient]) -> None:
+    server, api = in_place
+    data = payload(SIZE, seed=23)
+    image_id = api.new_image(data)
+    assert api.download(image_id) == data  # verified once: remembered, but not past a change
+    flip_byte(store_file(server, image_id), 2 * CHUNK + 77)
+
+    # The whole image: the chunks before the bad one arrive, then the connection is cut.
+    status, declared, got = get_cut(server, image_id)
+    assert (status, declared) == (200, SIZE)
+    assert got <= 2 * CHUNK
+    # A range that starts in the bad chunk: an error before any byte.
+    r = api.http.get(f"/v2/images/{image_id}/file", headers={"Range": f"bytes={2 * CHUNK}-"})
+    assert r.status_code == 502
+    # The good chunks are still served.
+    r = api.http.get(f"/v2/images/{image_id}/file", headers={"Range": f"bytes=0-{2 * CHUNK - 1}"})
+    assert r.status_code == 206 and r.content == data[:2 * CHUNK]
+    assert api.stats()["corrupt_store_ranges"] >= 2
+    assert "do not match the manifest" in server.log()
+
+
+def test_a_corrupt_cached_chunk_is_never_sent_even_after_it_was_verified(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory(config=cache_server_config())
+    api = CacheClient(server)
+    data = payload(SIZE, seed=24)
+    image_id = api.new_image(data)
+    assert api.download(image_id) == data  # every chunk verified and remembered
+    victim = sorted(chunk_files(server.data_dir), key=lambda p: p.stat().st_size)[-1]
+    flip_byte(victim, 100)
+    corrupt = api.stats()["corrupt_chunks"]
+    assert api.download(image_id) == data  # hashed again, dropped, refilled from the store
+    assert wait_for(lambda: api.stats()["corrupt_chunks"] == corrupt + 1)
+    api.close()
+
+
+def test_many_concurrent_streams_all_get_the_right_bytes(in_place: tuple[ServerProcess, CacheClient]) -> None:
+    server, api = in_place
+    data = payload(16 * CHUNK + 5, seed=25)
+    image_id = api.new_image(data)
+    want = hashlib.sha256(data).hexdigest()
+
+    def fetch(i: int) -> str:
+        headers = {"X-Auth-Token": server.admin_token}
+        if i % 4 == 3:
+            headers["Range"] = f"bytes={i * 1000}-"
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+            r = http.get(f"/v2/images/{image_id}/file")
+            expected = data[i * 1000:] if i % 4 == 3 else data
+            return "ok" if r.content == expected else f"wrong bytes in stream {i}"
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(fetch, range(40)))
+    assert results == ["ok"] * 40
+    assert hashlib.sha256(api.download(image_id)).hexdigest() == want
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_client_that_goes_away_mid_sendfile_leaves_nothing_open(
+        in_place: tuple[ServerProcess, CacheClient]) -> None:
+    server, api = in_place
+    data = payload(200 * CHUNK, seed=26)  # more than the socket buffers hold
+    image_id = api.new_image(data)
+    assert api.download(image_id) == data
+    assert server.proc is not None
+    pid = server.proc.pid  # one worker: uvicorn serves in this process
+    idle = wait_for(lambda: _open_fds(pid), timeout=5)
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                     f"X-Auth-Token: {server.admin_token}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        # Leave with a reset while the server is blocked on a full socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    # Every descriptor the abandoned sends held (chunk files, watched sockets) is closed.
+    assert wait_for(lambda: _open_fds(pid) <= idle, timeout=10)
+    assert api.download(image_id) == data
+
+
+class PlainUvicorn:
+    """The app under uvicorn's own h11 protocol: no zerocopysend extension. Stopped by PID."""
+
+    def __init__(self, data_dir: Path, config: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPROXY_")}
+        env.update({"IMGPROXY_DATA_DIR": str(data_dir), "IMGPROXY_AUTH": "noauth", "IMGPROXY_CONFIG": str(config)})
+        self.log = data_dir.parent / "plain-uvicorn.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", "imgproxy.main:app_from_environment", "--http", "h11",
+                 "--port", str(self.port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(self.url + "/versions").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def test_without_the_extension_the_same_bytes_are_sent_with_preads(tmp_path: Path) -> None:
+    from bench.systems.imgproxy import toml_text
+
+    config = tmp_path / "imgproxy.toml"
+    config.write_text(toml_text(in_place_config()))
+    server = PlainUvicorn(tmp_path / "data", config)
+    try:
+        server.wait()
+        with httpx.Client(base_url=server.url, headers={"X-Project-Id": "p"}, timeout=30) as http:
+            r = http.post("/v2/images", json={"name": "plain", "disk_format": "raw", "container_format": "bare"})
+            image_id = r.json()["id"]
+            data = payload(SIZE, seed=27)
+            r = http.put(f"/v2/images/{image_id}/file", content=data,
+                         headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 204, r.text
+            assert http.get(f"/v2/images/{image_id}/file").content == data
+            for first, last in RANGES:
+                r = http.get(f"/v2/images/{image_id}/file", headers={"Range": f"bytes={first}-{last}"})
+                assert r.status_code == 206 and r.content == data[first:last + 1]
+            flip_byte(tmp_path / "data" / "images" / image_id, 3 * CHUNK)
+            with http.stream("GET", f"/v2/images/{image_id}/file") as r:
+                got = 0
+                with pytest.raises(httpx.RemoteProtocolError):
+                    for part in r.iter_raw():
+                        got += len(part)
+            assert got <= 3 * CHUNK
+    finally:
+        server.stop()
