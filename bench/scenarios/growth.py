@@ -1,6 +1,7 @@
 """Scenario 6, growth: a cache of many images under a size bound, then a prune of a shrunk bound.
 
-imgproxy runs with a small ``cache_max_size`` and its periodic pruner off (it still prunes
+imgproxy runs with a small ``cache_max_size``, its file store cached as a remote store would
+be (``[file] in_place = false``), and its periodic pruner off (it still prunes
 on its own when a write crosses the high watermark). The harness uploads more images than
 fit, timing the first and the last quarter of the uploads (cost as the cache fills and
 evicts). Then the operator halves the bound and restarts; ``POST /v2/cache/prune`` runs
@@ -117,8 +118,10 @@ def run(ctx: RunContext) -> ScenarioResult:
         if ctx.only_systems and name not in ctx.only_systems:
             continue
         ctx.progress.step(f"{name} with a {p.growth_cache_max >> 20} MiB cache")
+        # The file store cached like a remote store's (a local one is read in place, uncached).
         system = ImgproxySystem(ctx.work / "systems" / f"{name}-growth", workers=workers,
-                                config={"cache_max_size": p.growth_cache_max, "prune_interval": 0})
+                                config={"cache_max_size": p.growth_cache_max, "prune_interval": 0,
+                                        "file": {"in_place": False}})
         try:
             ctx.add_system(f"{name}-growth", system)
             row = _measure(ctx, system)
