@@ -79,7 +79,9 @@ def test_an_unsafe_client_id_is_replaced(admin: httpx.Client) -> None:
 
 
 def test_cache_outcome_of_data_reads(server_factory: Callable[..., ServerProcess]) -> None:
-    proc = server_factory(config={"chunk_size": CHUNK, "readahead_chunks": 0, "prefetch_interval": 0})
+    # The file store cached like a remote one: read in place, a local image has no misses.
+    proc = server_factory(config={"chunk_size": CHUNK, "readahead_chunks": 0, "prefetch_interval": 0,
+                                  "file": {"in_place": False}})
     data = random.Random(11).randbytes(SIZE)  # distinct chunks: none is a hit by sharing another's address
     with httpx.Client(base_url=proc.url, headers={"X-Auth-Token": proc.admin_token}, timeout=30) as api:
         image_id = _image(api, data)

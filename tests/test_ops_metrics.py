@@ -78,7 +78,7 @@ def test_two_workers_report_one_set(server_factory: Callable[..., ServerProcess]
 
 def test_cache_figures_match_the_stats_api(server_factory: Callable[..., ServerProcess],
                                            nginx_store: NginxStore) -> None:  # noqa: F811
-    proc = server_factory(config={"chunk_size": 64 * KiB, "cache_max_size": 50 * 1024 * KiB,
+    proc = server_factory(config={"file": {"in_place": False}, "chunk_size": 64 * KiB, "cache_max_size": 50 * 1024 * KiB,
                                   "prefetch_interval": 0})
     data = random.Random(4).randbytes(200 * KiB)
     url = nginx_store.put(f"metrics-{time.time_ns()}.img", data)
@@ -100,9 +100,15 @@ def test_cache_figures_match_the_stats_api(server_factory: Callable[..., ServerP
     assert value(samples, "imgproxy_store_read_bytes_total", store="http") == len(data)
     assert value(samples, "imgproxy_fill_duration_seconds_count", store="http") == 4  # one store read per chunk
     assert value(samples, "imgproxy_store_first_byte_seconds_count", store="http") == 4
-    assert value(samples, "imgproxy_image_reads_total", outcome="miss") == 1
+    # The cold read waits on fills for some chunks at least; a chunk its fill stored before the
+    # reader reached it is read from disk (the fill's buffer is let go): a miss, or partial.
+    cold = value(samples, "imgproxy_image_reads_total", outcome="miss") + value(
+        samples, "imgproxy_image_reads_total", outcome="partial")
+    assert cold == 1
     assert value(samples, "imgproxy_image_reads_total", outcome="hit") == 1
-    assert value(samples, "imgproxy_image_served_bytes_total", source="fill") == len(data)
+    filled = value(samples, "imgproxy_image_served_bytes_total", source="fill")
+    assert 0 < filled <= len(data)
+    assert filled + value(samples, "imgproxy_image_served_bytes_total", source="cache") == 2 * len(data)
     for key, name in (("hits", "imgproxy_cache_hits_total"), ("misses", "imgproxy_cache_misses_total"),
                       ("fills", "imgproxy_cache_fills_total"), ("bytes_upstream", "imgproxy_cache_upstream_bytes_total"),
                       ("coalesced_waiters", "imgproxy_cache_coalesced_waiters_total"),

@@ -31,6 +31,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import error_response
+from ..zerocopy import ZEROCOPY
 from .logs import ACCESS_LOGGER, REQUEST_ID
 
 __all__ = ["AccessMiddleware", "REQUEST_ID_HEADER", "DATA_ROUTE"]
@@ -145,15 +146,16 @@ class AccessMiddleware:
                     message["headers"] = [*headers, header]
                 else:  # an edge's upstream answered with its own id: that one is the request's
                     REQUEST_ID.set(bytes(theirs).decode(errors="replace"))
-            elif message["type"] == "http.response.body":
+            elif message["type"] in ("http.response.body", ZEROCOPY):
+                # A zero-copy part is a verified range of a file on disk: cached bytes.
                 body = message.get("body", b"")
-                n = len(body)
+                n = len(body) if message["type"] != ZEROCOPY else int(message.get("count") or 0)
                 if n:
                     if not ex.bytes:
                         ex.first_byte = time.perf_counter() - start
                     ex.bytes += n
                     if data:
-                        if type(body) is memoryview:
+                        if type(body) is memoryview and message["type"] != ZEROCOPY:
                             ex.filled += n
                         else:
                             ex.cached += n
