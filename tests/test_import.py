@@ -35,7 +35,9 @@ def config(**extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("import") / "data", config=config())
+    # The file store cached like a remote one, so imports show the cache filling as they go (a
+    # local store is read in place and keeps no chunks).
+    proc = ServerProcess(tmp_path_factory.mktemp("import") / "data", config=config(file={"in_place": False}))
     with proc:
         yield proc
 
