@@ -46,15 +46,6 @@ def _headers_too_large(scope: Scope) -> bool:
     return total > MAX_HEADERS_TOTAL
 
 
-def _strip_minor_version(path: str) -> str:
-    """Map ``/v2.N/...`` onto ``/v2/...``: every v2 minor version shares one API."""
-    if path.startswith("/v2."):
-        rest = path[4:]
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        if digits and (len(rest) == digits or rest[digits] == "/"):
-            return "/v2" + rest[digits:]
-    return path
-
 
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)?(/|$)")
 

@@ -6,7 +6,7 @@ headers, and the streaming response, which is cut when the image's bytes fail af
 its status line was sent (the body is then shorter than its Content-Length, so a
 client sees an error, never a clean short response).
 
-Verified chunks on local disk arrive as :class:`cache.FileSlice`\ s: sent with the ASGI
+Verified chunks on local disk arrive as :class:`FileSlice`\ s: sent with the ASGI
 ``http.response.zerocopysend`` extension where the server offers it (``imgproxy serve``
 does, :mod:`imgproxy.zerocopy`), else read with ``pread`` pieces and sent as bytes.
 """
@@ -24,11 +24,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.utils import ClientDisconnected
 
-from backends import PIECE_SIZE
-from cache import FileSlice
-
 from ..errors import BadRequest, UnsupportedMediaType
-from ..images import Download, ImageDataError
+from ..images import PIECE_SIZE, Download, FileSlice, ImageDataError
 from ..memory import IdleTrimmer
 from ..zerocopy import ZEROCOPY
 from .common import caller, path_image_id, service_of

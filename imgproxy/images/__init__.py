@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .cache_admin import CLEAR_TARGETS, CacheAdmin
 from .deletes import Deletes
-from .downloads import Download, Downloads
+from .downloads import PIECE_SIZE, Download, Downloads, FileSlice, Piece
 from .errors import ImageDataError
 from .imports import Imports
 from .locations import ImageLocations
@@ -31,6 +31,9 @@ __all__ = [
     "Deletes",
     "Download",
     "Downloads",
+    "FileSlice",
+    "PIECE_SIZE",
+    "Piece",
     "ImageDataError",
     "ImageLocations",
     "ImageMembers",

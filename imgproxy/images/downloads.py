@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from backends import BackendError, ByteRange
+from backends import PIECE_SIZE, BackendError, ByteRange
 from cache import CacheError, FileSlice, UpstreamCorrupt
 
 from .. import policy
@@ -29,7 +29,7 @@ from .verify import InlineVerifier
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["Download", "Downloads", "translated"]
+__all__ = ["Download", "Downloads", "FileSlice", "Piece", "PIECE_SIZE", "translated"]
 
 _NO_DATA_STATUSES = frozenset({"queued", "saving"})
 
