@@ -36,14 +36,15 @@ class Authenticator(Protocol):
 class NoAuth:
     """Development mode: every caller is an admin of the project it names.
 
-    The project comes from ``X-Project-Id`` (or ``X-Tenant-Id``), defaulting to
-    ``"noauth"``, so tests and tools can still act as different projects.
+    The project comes from ``X-Project-Id`` (or ``X-Tenant-Id``), so tests and tools can
+    still act as different projects; without one the caller has no project, and what it
+    creates has no owner (``owner`` null, as Glance's noauth mode answers).
     """
 
     challenge = NO_CHALLENGE
 
     async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
-        project = headers.get("x-project-id") or headers.get("x-tenant-id") or "noauth"
+        project = headers.get("x-project-id") or headers.get("x-tenant-id") or ""
         roles = headers.get("x-roles")
         role_set = frozenset(r.strip() for r in roles.split(",") if r.strip()) if roles else frozenset({"admin", "member", "reader"})
         return RequestContext(project_id=project, roles=role_set)

@@ -80,3 +80,8 @@ def test_default_list_leaves_out_other_projects_community_images(both: dict[str,
                           headers={"X-Project-Id": "someone-else"}).json()["id"]
         assert image_id not in [i["id"] for i in c.get("/v2/images").json()["images"]]
         assert image_id in [i["id"] for i in c.get("/v2/images", params={"visibility": "community"}).json()["images"]]
+
+
+def test_noauth_without_a_project_creates_images_with_no_owner(both: dict[str, httpx.Client]) -> None:
+    owners = {name: c.post("/v2/images", json={"name": "o"}).json()["owner"] for name, c in both.items()}
+    assert owners == {"glance": None, "imgproxy": None}

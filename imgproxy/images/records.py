@@ -42,7 +42,7 @@ def new_record(ctx: RequestContext, body: Any) -> dict[str, Any]:
         "visibility": "shared",
         "protected": False,
         "os_hidden": False,
-        "owner": ctx.project_id,
+        "owner": ctx.project_id or None,  # a caller with no project (noauth): no owner, as Glance
         "disk_format": None,
         "container_format": None,
         "min_disk": 0,
