@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import cache_api, data, images, imports, info, locations, members, metadefs, tasks, versions
+from .api import cache_api, data, images, imports, info, locations, members, metadefs, stores, tasks, versions
 from .api.common import json_response
 from .api.versions import versions_document
 from .errors import ApiError, Unauthorized, error_response
@@ -139,6 +139,7 @@ def create_app(settings: Settings) -> Starlette:
         *data.routes,
         *locations.routes,
         *info.routes,
+        *stores.routes,
         *imports.routes,
         *tasks.routes,
         *cache_api.routes,

@@ -14,7 +14,7 @@ from .errors import Forbidden
 
 __all__ = [
     "VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_download", "check_modify", "check_write_role",
-    "check_service",
+    "check_service", "check_admin",
 ]
 
 VISIBILITIES = ("public", "private", "shared", "community")
@@ -70,3 +70,10 @@ def check_service(ctx: RequestContext, what: str) -> None:
     role:admin``): calls kept for other services, such as Nova's and Cinder's locations calls."""
     if not ctx.is_service:
         raise Forbidden(f"Only administrators and services may {what}.")
+
+
+def check_admin(ctx: RequestContext, what: str) -> None:
+    """Raise Forbidden unless ``ctx`` is an admin (Glance's ``role:admin`` defaults, such as
+    ``delete_image_location``)."""
+    if not ctx.is_admin:
+        raise Forbidden(f"Only administrators may {what}.")

@@ -17,7 +17,10 @@ Layout (named databases of the service's one environment):
   transaction that deletes the record, removed by the reaper once both are gone (so a crash
   in between loses nothing). With delayed delete the record stays meanwhile, status
   ``pending_delete``, shown to admins only and in no index (Glance's deleted rows), and the
-  reaper removes it with the journal entry, not before ``not_before``.
+  reaper removes it with the journal entry, not before ``not_before``. A copy deleted from
+  one store of a live image (:meth:`Registry.delete_copy`) has an entry of its own, under
+  ``<image id>/<store>`` (:func:`journal_key`), written in the transaction that drops the
+  location.
 - ``registry_meta``: ``layout`` -> the version of the views and index layout; an older
   environment is rebuilt by :meth:`Registry.upgrade` before the service answers.
 
@@ -51,7 +54,8 @@ from .status import check_transition
 from .streams import ORDER_TS, member_keys, record_keys, stream_prefix
 from .views import image_json
 
-__all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT"]
+__all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
+           "split_journal_key"]
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
@@ -68,6 +72,17 @@ def utc_now() -> tuple[str, int]:
 
 def format_time(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def journal_key(image_id: str, store: str | None = None) -> str:
+    """The delete journal's key: the image's (whole image deleted), or one store's copy of it."""
+    return image_id if store is None else f"{image_id}/{store}"
+
+
+def split_journal_key(key: str) -> tuple[str, str | None]:
+    """``(image_id, store)`` of a journal key; ``store`` is None for a whole image's entry."""
+    image_id, _, store = key.partition("/")
+    return image_id, store or None
 
 
 def _member_key(image_id: str, member: str) -> bytes:
@@ -403,11 +418,34 @@ class Registry:
         old["status"] = "pending_delete" if pending else "deleted"
         return old
 
+    def delete_copy(self, image_id: str, store: str, *, ctx: RequestContext,
+                    choose: Callable[[dict[str, Any]], list[str]], delay: float | None = None) -> str:
+        """Drop the image's locations in ``store`` and journal their data for the reaper
+        (not before ``delay`` seconds), in one transaction; returns the entry's key.
+
+        ``choose(record)`` runs on the visible record (NotFound otherwise) and returns the
+        URLs of the copy in ``store``, or raises what refuses the delete.
+        """
+        with write_txn(self.env) as txn:
+            old = self._visible(txn, ctx, image_id)
+            urls = choose(old)
+            kept = [loc for loc in old.get("_locations") or [] if loc.get("url") not in urls]
+            self._write(txn, old, dict(old, _locations=kept, updated_at=utc_now()[0]))
+            key = journal_key(image_id, store)
+            locations = [{"url": url, "store": store} for url in urls]
+            earlier = txn.get(key.encode(), db=self._journal)  # a delete of this store's copy not reaped yet
+            if earlier is not None:
+                locations += [loc for loc in json.loads(bytes(earlier))["locations"] if loc not in locations]
+            not_before = time.time_ns() // 1000 + int((delay or 0) * 1e6)
+            txn.put(key.encode(), _dumps({"locations": locations, "not_before": not_before}), db=self._journal)
+        return key
+
     def pending_deletes(self, image_id: str | None = None, *, due_us: int | None = None
                         ) -> list[tuple[str, list[dict[str, Any]]]]:
-        """Deleted images whose data may remain, as ``(image_id, [{"url", "store"}])``: only
-        ``image_id``'s entry when given; with ``due_us``, only entries due by then. Cost
-        grows with the deletes not yet reaped."""
+        """Deleted data that may remain, as ``(journal key, [{"url", "store"}])`` (a key is
+        an image id, or a copy's :func:`journal_key`): only the entry of the key
+        ``image_id`` when given; with ``due_us``, only entries due by then. Cost grows with
+        the deletes not yet reaped."""
         def entry(raw: bytes) -> tuple[list[dict[str, Any]], int]:
             doc = json.loads(raw)
             # Entries of earlier versions list bare URLs.

@@ -14,13 +14,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from bench.servers.swift import SwiftServer, swift_venv, swift_venv_ready
 
-__all__ = ["swift_server", "SwiftServer", "start_swift", "swift_api", "new_container"]
+__all__ = ["swift_server", "SwiftServer", "start_swift", "swift_api", "new_container", "object_names", "store_options"]
 
 
 def start_swift(root: Path, **kwargs: object) -> SwiftServer:
@@ -53,3 +54,15 @@ def new_container(api: httpx.Client, stem: str = "t") -> str:
     response = api.put(f"/{name}")
     assert response.status_code in (201, 202), response.text
     return name
+
+
+def object_names(api: httpx.Client, container: str) -> set[str]:
+    """Every object in ``container`` (segments of large objects included)."""
+    response = api.get(f"/{container}", params={"format": "json"})
+    assert response.status_code in (200, 204)
+    return {entry["name"] for entry in response.json()} if response.status_code == 200 else set()
+
+
+def store_options(server: SwiftServer, **more: Any) -> dict[str, Any]:
+    """The ``[swift]`` table of a store in ``server`` (tempauth)."""
+    return {"auth_url": server.auth_url, "user": server.user, "key": server.key, "timeout": 10, **more}

@@ -21,6 +21,7 @@ from imgproxy.settings import load_settings
 from tests.backend_contract import StoreUnderTest, WriteBackendContract, collect, payload
 from tests.server import free_port
 from tests.swift_fixtures import new_container, start_swift, swift_api, swift_server  # noqa: F401 - fixture
+from tests.swift_fixtures import object_names as names, store_options as options
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,20 +29,10 @@ pytestmark = pytest.mark.timeout(120)
 SEGMENT = 700_000
 
 
-def options(server: SwiftServer, **more: Any) -> dict[str, Any]:
-    return {"auth_url": server.auth_url, "user": server.user, "key": server.key, "timeout": 10, **more}
-
-
 @pytest.fixture(scope="module")
 def api(swift_server: SwiftServer) -> Iterator[httpx.Client]:
     with swift_api(swift_server) as client:
         yield client
-
-
-def names(api: httpx.Client, container: str) -> set[str]:
-    response = api.get(f"/{container}", params={"format": "json"})
-    assert response.status_code in (200, 204)
-    return {entry["name"] for entry in response.json()} if response.status_code == 200 else set()
 
 
 @pytest.fixture

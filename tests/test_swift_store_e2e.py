@@ -18,8 +18,9 @@ import pytest
 from bench.servers.swift import SwiftServer
 from tests.backend_contract import payload
 from tests.server import ServerProcess, free_port
-from tests.swift_fixtures import new_container, swift_api, swift_server  # noqa: F401 - fixture
-from tests.test_backend_swift import names, seed_glance_dlo
+from tests.swift_fixtures import new_container, store_options, swift_api, swift_server  # noqa: F401 - fixture
+from tests.swift_fixtures import object_names as names
+from tests.test_backend_swift import seed_glance_dlo
 from tests.helpers import drop_from_cache, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,8 +32,7 @@ DATA = payload(3 * SEGMENT + 1234, 60)  # an SLO of four segments, three cache c
 
 
 def swift_table(server: SwiftServer, **more: Any) -> dict[str, Any]:
-    return {"auth_url": server.auth_url, "user": server.user, "key": server.key,
-            "segment_size": SEGMENT, "timeout": 5, **more}
+    return store_options(server, segment_size=SEGMENT, **{"timeout": 5, **more})
 
 
 def config(container: str, swift: dict[str, Any]) -> dict[str, object]:
