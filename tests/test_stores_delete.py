@@ -177,6 +177,10 @@ def test_delayed_delete_keeps_the_copy_until_scrub_time(tmp_path: Path) -> None:
         time.sleep(0.5)  # reaper passes run meanwhile; the entry is not due
         assert stored(proc, "b", image_id).exists()
         assert journal(proc.data_dir) == [f"{image_id}/b"]
+        # Copying it back to "b" now would write the object the reaper is due to delete.
+        r = api.post(f"/v2/images/{image_id}/import", json={"method": {"name": "copy-image"}, "stores": ["b"]})
+        assert "still being deleted" in is_json_error(r, 409)["message"]
+        assert api.get(f"/v2/images/{image_id}").json()["stores"] == "a"
 
 
 # ---- an object store, through the clients ------------------------------------------------

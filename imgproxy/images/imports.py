@@ -23,7 +23,7 @@ from ..errors import BadRequest, Conflict, Forbidden, Gone, NotFound, PayloadToo
 from ..formats import FormatRefused
 from ..import_records import ImportRecords
 from ..owners import current_owner
-from ..registry import Registry, stream_prefix
+from ..registry import Registry, journal_key, stream_prefix
 from ..tasks import TaskTable, new_task
 from ..urlfilter import ImportFilter, UrlFilter, UrlRefused
 from .import_runs import ImportRunner
@@ -164,6 +164,8 @@ class Imports:
             policy.check_write_role(ctx)
             policy.check_modify(ctx, record)
         stores = self.stores.requested(request, headers.get("x-image-meta-store"), record, copy=name == "copy-image")
+        if name == "copy-image":
+            self._check_no_copy_pending_delete(image_id, stores)
         if not stores:
             log.info("image %s is in every store already; nothing to copy", image_id)
             return
@@ -178,6 +180,14 @@ class Imports:
                         task_input={"image_id": image_id, "import_req": request, "backend": stores})
         await service.writer.run(self.records.begin, image_id, task, stores, check)
         self.runner.start(task, token)
+
+    def _check_no_copy_pending_delete(self, image_id: str, stores: list[str]) -> None:
+        """409 for a store whose earlier copy of the image is deleted but not yet reaped: the
+        copy would be written where the reaper is about to delete (same object names)."""
+        for store in stores:
+            if self._s.registry.pending_deletes(journal_key(image_id, store)):
+                raise Conflict(f"Image's earlier copy in store '{store}' is still being deleted; "
+                               "copy it there again once that is done")
 
     def _check_glance_download(self, method: dict[str, Any]) -> None:
         for key in ("glance_region", "glance_image_id"):
