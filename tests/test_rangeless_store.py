@@ -254,3 +254,13 @@ async def test_verdict_is_remembered_then_forgotten(python_http_store: PythonHtt
         assert backend.sequential.tapes_started == 4
     finally:
         await backend.aclose()
+
+
+async def test_spool_dir_is_an_http_option(tmp_path: Path) -> None:
+    backend = HttpBackend.from_url("http://store.invalid/", {"spool_dir": str(tmp_path / "spool"), "timeout": 2})
+    try:
+        assert backend.sequential.spool_dir == tmp_path / "spool" and backend.options.timeout == 2.0
+    finally:
+        await backend.aclose()
+    with pytest.raises(ValueError, match="'spool_dir'"):
+        HttpBackend.validate("http://store.invalid/", {"spool_dir": 3})
