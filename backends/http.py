@@ -14,9 +14,14 @@ Wire rules, and why:
   does this) and are redacted from error messages.
 * Ranged reads of plain ``http`` URLs (no userinfo, no proxy) take a lean path
   (:mod:`backends.http_fast`): httpx's stack costs ~1.5 s of event-loop CPU per GiB,
-  which competes with serving clients. Any answer but a plain 206 falls back to httpx,
-  so redirects, errors and stores ignoring ``Range`` behave exactly as before.
+  which competes with serving clients. Any answer but a plain 206 (or a 200 with a
+  length) falls back to httpx, so redirects and errors behave exactly as before.
   :attr:`HttpBackend.fast_stats` counts what it did.
+* A store that ignores ``Range`` (200 with the whole object: Python's ``http.server``,
+  nginx with ``max_ranges 0``) has that object read once, sequentially, for every ranged
+  read of it (:mod:`backends.sequential`): the 200 that told us becomes that one read, and
+  the verdict is kept per location for ``verdict_ttl`` seconds, so the cache's chunk fills
+  neither re-read the object per chunk nor ask again per chunk.
 * Retries are not done here; a retrying wrapper composes over any ``ReadBackend``.
 """
 
@@ -24,8 +29,10 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,7 +45,8 @@ from .base import (
     BackendUnavailable,
     ByteRange,
 )
-from .http_fast import FastPool, FastStats, fast_target
+from .http_fast import FastBody, FastPool, FastStats, fast_target
+from .sequential import RangeIgnored, RangeServed, SequentialReads
 
 __all__ = ["HttpBackend", "HttpOptions"]
 
@@ -145,10 +153,12 @@ class HttpBackend:
     """A :class:`~backends.base.ReadBackend` over http(s) URLs.
 
     Safe to share between the tasks of one event loop (the client is bound to the
-    loop that first uses it). :meth:`aclose` closes the client.
+    loop that first uses it). :meth:`aclose` closes the client and drops the spooled
+    sequential reads (kept in ``spool_dir``, an unlinked file per object being read).
     """
 
-    def __init__(self, options: HttpOptions | None = None) -> None:
+    def __init__(self, options: HttpOptions | None = None, *, spool_dir: Path | None = None,
+                 verdict_ttl: float = 600.0) -> None:
         self.options = options or HttpOptions()
         opts = self.options
         self._client = httpx.AsyncClient(
@@ -165,11 +175,14 @@ class HttpBackend:
         )
         # Hosts already reported as ignoring Range (logged once each, not per read).
         self._no_range_hosts: set[str] = set()
+        spool = spool_dir or Path(tempfile.gettempdir()) / "imgproxy-spool"
+        self.sequential = SequentialReads(spool, stall_timeout=opts.timeout, verdict_ttl=verdict_ttl)
         # Ranged reads over plain http, unless a proxy must see them (httpx talks to proxies).
         self._fast: FastPool | None = None
         if opts.proxy is None:
             agent = self._client.headers.get("user-agent", f"python-httpx/{httpx.__version__}")
-            self._fast = FastPool(timeout=opts.timeout, max_connections=opts.max_connections, user_agent=agent)
+            self._fast = FastPool(timeout=opts.timeout, max_connections=opts.max_connections, user_agent=agent,
+                                  whole_ok=True)
 
     @property
     def fast_stats(self) -> FastStats:
@@ -179,12 +192,14 @@ class HttpBackend:
     @classmethod
     def validate(cls, url: str, options: Mapping[str, Any]) -> None:
         """Check the options as :meth:`from_url` does, without building a client."""
-        HttpOptions.from_mapping(options)
+        _split_options(options)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any]) -> HttpBackend:
-        """Build the backend; ``url`` only chose the scheme (any http(s) location is readable)."""
-        return cls(HttpOptions.from_mapping(options))
+        """Build the backend from the ``[http]`` table (``spool_dir`` and :class:`HttpOptions`'
+        keys); ``url`` only chose the scheme (any http(s) location is readable)."""
+        http_options, spool_dir = _split_options(options)
+        return cls(http_options, spool_dir=spool_dir)
 
     async def size(self, location: str) -> int:
         """Return the object's size: ``Content-Length`` of a HEAD, else of a 1-byte ranged GET.
@@ -235,50 +250,71 @@ class HttpBackend:
     async def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
         """Stream the object (or ``byte_range`` of it) in pieces of at most ``PIECE_SIZE``.
 
-        Sends ``Range`` when a range is asked; a store that answers 200 instead gets
-        its leading bytes skipped and the rest cut off (correct, but it costs the
-        skipped bytes). Yields exactly the asked bytes or raises
-        :class:`BackendUnavailable` (short object, truncated body, 5xx, timeout,
-        connection error) or :class:`BackendNotFound` (404/410). Closing the
-        iterator early closes the response (and its connection, if unread bytes remain).
+        Sends ``Range`` when a range is asked; a store that answers 200 instead has the
+        object read once for all ranged reads (see the module docs). Yields exactly the
+        asked bytes or raises :class:`BackendUnavailable` (short object, truncated body,
+        5xx, timeout, connection error) or :class:`BackendNotFound` (404/410). Closing
+        the iterator early closes the response (and its connection, if unread bytes remain).
         """
-        if byte_range is not None and byte_range.length == 0:
+        if byte_range is None:
+            try:
+                async with self._client.stream("GET", location, headers=_HEADERS) as response:
+                    code = response.status_code
+                    if code != 200:
+                        _check_status(response, location)
+                        raise BackendUnavailable(f"http store answered {code} to a plain GET", location=redact(location))
+                    async for piece in self._pieces(response, location, _content_length(response)):
+                        yield piece
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise _translate(exc, location) from exc
+            return
+        if byte_range.length == 0:
             # "bytes=s-(s-1)" is no valid Range; still tell a missing or short object.
             if byte_range.start > await self.size(location):
                 raise BackendUnavailable("object is shorter than the range", location=redact(location))
             return
-        target = fast_target(location) if self._fast is not None and byte_range is not None else None
-        if target is not None and self._fast is not None and byte_range is not None:
-            body = await self._fast.open(target, byte_range, location)
-            if body is not None:
+
+        async def open_range(wanted: ByteRange) -> RangeServed | RangeIgnored:
+            return await self._open_range(location, wanted)
+
+        async for piece in self.sequential.read_range(location, byte_range, open_range,
+                                                      lambda: self.read(location), lambda: self.size(location)):
+            yield piece
+
+    async def _open_range(self, location: str, byte_range: ByteRange) -> RangeServed | RangeIgnored:
+        """Send one ranged GET (the fast path's, else httpx's); return once its head is in."""
+        target = fast_target(location) if self._fast is not None else None
+        if target is not None and self._fast is not None:
+            fast = await self._fast.open(target, byte_range, location)
+            if fast is not None:
                 self._fast.stats.reads += 1
-                try:
-                    async for piece in body.pieces():
-                        yield piece
-                finally:
-                    body.close()
-                return
+                if fast.whole:
+                    self._note_ignored(target.host)
+                    return RangeIgnored(_fast_pieces(fast), fast.length)
+                return RangeServed(_fast_pieces(fast))
             self._fast.stats.fallbacks += 1
-        headers = dict(_HEADERS)
-        if byte_range is not None:
-            headers["Range"] = f"bytes={byte_range.start}-{byte_range.end - 1}"
+        headers = {**_HEADERS, "Range": f"bytes={byte_range.start}-{byte_range.end - 1}"}
         try:
-            async with self._client.stream("GET", location, headers=headers) as response:
-                skip, want = self._window(response, location, byte_range)
-                async for piece in self._pieces(response, location, skip, want):
-                    yield piece
+            response = await self._client.send(self._client.build_request("GET", location, headers=headers),
+                                               stream=True)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _translate(exc, location) from exc
-
-    def _window(self, response: httpx.Response, location: str, byte_range: ByteRange | None) -> tuple[int, int | None]:
-        """From the response head: how many body bytes to skip, then how many to yield (None: all)."""
-        code = response.status_code
+        try:
+            served = self._range_served(response, location, byte_range)
+        except BaseException:
+            await response.aclose()
+            raise
+        if served:
+            return RangeServed(self._body(response, location, byte_range.length))
+        self._note_ignored(response.url.host)
         length = _content_length(response)
-        if byte_range is None:
-            if code != 200:
-                _check_status(response, location)
-                raise BackendUnavailable(f"http store answered {code} to a plain GET", location=redact(location))
-            return 0, length
+        return RangeIgnored(self._body(response, location, length), length)
+
+    @staticmethod
+    def _range_served(response: httpx.Response, location: str, byte_range: ByteRange) -> bool:
+        """Whether the answer is ``byte_range`` (a right 206), or else the whole object (a 200).
+        Raises for any other answer."""
+        code = response.status_code
         if code == 206:
             first, last, _ = _content_range(response)
             if first != byte_range.start or last is None:
@@ -288,43 +324,70 @@ class HttpBackend:
                 )
             if last + 1 < byte_range.end:
                 raise BackendUnavailable("object is shorter than the range", location=redact(location))
-            return 0, byte_range.length
+            return True
         if code == 416:
             raise BackendUnavailable("object is shorter than the range (416)", location=redact(location))
         _check_status(response, location)
         if code != 200:
             raise BackendUnavailable(f"http store answered {code} to a ranged GET", location=redact(location))
-        host = response.url.host
-        if host not in self._no_range_hosts:
-            self._no_range_hosts.add(host)
-            _log.warning("http store %s ignores Range; ranged reads will skip bytes (slow)", host)
+        length = _content_length(response)
         if length is not None and length < byte_range.end:
             raise BackendUnavailable("object is shorter than the range", location=redact(location))
-        return byte_range.start, byte_range.length
+        return False
+
+    def _note_ignored(self, host: str) -> None:
+        if host not in self._no_range_hosts:
+            self._no_range_hosts.add(host)
+            _log.warning("http store %s ignores Range; each object of it is read once, sequentially, "
+                         "for all ranged reads", host)
+
+    async def _body(self, response: httpx.Response, location: str, want: int | None) -> AsyncIterator[bytes]:
+        """``want`` bytes (None: all) of an open response's body; closes it when done or closed."""
+        try:
+            async for piece in self._pieces(response, location, want):
+                yield piece
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _translate(exc, location) from exc
+        finally:
+            await response.aclose()
 
     @staticmethod
-    async def _pieces(response: httpx.Response, location: str, skip: int, want: int | None) -> AsyncIterator[bytes]:
-        """Yield ``want`` body bytes after ``skip``, in pieces of at most PIECE_SIZE; check the count."""
+    async def _pieces(response: httpx.Response, location: str, want: int | None) -> AsyncIterator[bytes]:
+        """Yield ``want`` body bytes (None: all), in pieces of at most PIECE_SIZE; check the count."""
         sent = 0
         async for chunk in response.aiter_raw(PIECE_SIZE):
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
             if want is not None and sent + len(chunk) >= want:
                 chunk = chunk[: want - sent]
                 sent += len(chunk)
                 if chunk:
                     yield chunk
-                return  # the rest (a store ignoring Range) is not read; closing drops it
+                return  # anything past it is not read; closing drops it
             sent += len(chunk)
             yield chunk
         if want is not None and sent < want:
             raise BackendUnavailable(f"http store sent {sent} of {want} bytes", location=redact(location))
 
     async def aclose(self) -> None:
-        """Close the client and its pooled connections (the fast path's too)."""
+        """Close the client and its pooled connections (the fast path's too), and the spools."""
+        await self.sequential.aclose()
         if self._fast is not None:
             self._fast.close()
         await self._client.aclose()
+
+
+async def _fast_pieces(body: FastBody) -> AsyncIterator[bytes]:
+    """The pieces of a fast-path body; closes it when done or closed."""
+    try:
+        async for piece in body.pieces():
+            yield piece
+    finally:
+        body.close()
+
+
+def _split_options(options: Mapping[str, Any]) -> tuple[HttpOptions, Path | None]:
+    """The ``[http]`` table as ``(HttpOptions, spool_dir)``; ``ValueError`` naming a bad key."""
+    opts = dict(options)
+    spool = opts.pop("spool_dir", None)
+    if spool is not None and not isinstance(spool, str):
+        raise ValueError("http store option 'spool_dir': must be a directory path")
+    return HttpOptions.from_mapping(opts), Path(spool) if spool else None

@@ -12,8 +12,8 @@ Ranged reads send ``Range``. An upstream that refuses ranges for an image (Glanc
 400 "Getting images randomly from this store is not supported" for stores without random
 access) or ignores them (200 with the whole image) has that image read once,
 sequentially, for every ranged read (:mod:`backends.sequential`). The first ranged read
-of a location finds out which kind it is; reads that arrive meanwhile wait for its status
-line, so a herd of fills never opens one whole-image stream each.
+of a location finds out which kind it is (remembered for a while); reads that arrive
+meanwhile wait for its status line, so a herd of fills never opens one whole-image stream each.
 
 Errors: 404/410/204 -> :class:`BackendNotFound`; anything else that is not the asked-for
 data (401/403, 5xx, a timeout, a short body) -> :class:`BackendUnavailable`. Retries are
@@ -22,7 +22,6 @@ the caller's (the cache's fills retry from the last byte).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,7 +33,7 @@ import httpx
 
 from .base import BackendNotFound, BackendUnavailable, ByteRange
 from .http import HttpOptions, _content_length, _content_range, _translate, redact
-from .sequential import SequentialReads
+from .sequential import RangeIgnored, RangeServed, SequentialReads
 
 __all__ = ["ImageApiBackend", "TokenSource", "data_location"]
 
@@ -83,8 +82,6 @@ class ImageApiBackend:
         )
         spool = spool_dir or Path(tempfile.gettempdir()) / "imgproxy-spool"
         self.sequential = SequentialReads(spool, retries=retries, stall_timeout=self.options.timeout)
-        self._modes: dict[str, str] = {}  # location -> "ranges" | "sequential"
-        self._probes: dict[str, asyncio.Event] = {}
         self._sizes: dict[str, int] = {}
 
     @classmethod
@@ -129,69 +126,51 @@ class ImageApiBackend:
     async def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
         """Stream the image data (or ``byte_range`` of it); see the module docs for the modes."""
         url, image_id = _split(location)
-        if byte_range is not None and byte_range.length == 0:
-            return
-        probe = await self._await_mode(location) if byte_range is not None else None
-        if byte_range is not None and self._modes.get(location) == "sequential":
-            async for piece in self._sequential(location, image_id, url, byte_range, None):
+        if byte_range is None:
+            response = await self._send(url, image_id, location, {})
+            want = await _checked(response, lambda: self._want(response, location, None))
+            async for piece in _body(response, location, want):
                 yield piece
             return
-        headers = {} if byte_range is None else {"Range": f"bytes={byte_range.start}-{byte_range.end - 1}"}
-        response: httpx.Response | None = None
-        try:
-            try:
-                request = self._client.build_request("GET", url, headers=self._headers(image_id, headers))
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise _translate(exc, location) from exc
+        if byte_range.length == 0:
+            return
+
+        async def open_range(wanted: ByteRange) -> RangeServed | RangeIgnored:
+            response = await self._send(url, image_id, location, {"Range": f"bytes={wanted.start}-{wanted.end - 1}"})
             code = response.status_code
-            if byte_range is None or code == 206:
-                want = self._want(response, location, byte_range)
-                self._settle(location, probe, "ranges" if byte_range is not None else None)
-                async for piece in _pieces(response, location, want):
-                    yield piece
-                return
+            if code == 206:
+                want = await _checked(response, lambda: self._want(response, location, wanted))
+                return RangeServed(_body(response, location, want))
             if code in (200, 400):
                 # 200: Range ignored, and this response already streams the whole image: the
                 # tape takes it over. 400: refused; the tape opens a plain GET.
-                first = _body(response, location) if code == 200 else None
+                log.warning("image API %s %s ranged reads of %s; reading it sequentially, once",
+                            urlsplit(url).netloc, "ignores" if code == 200 else "refuses", image_id)
                 if code == 400:
-                    await response.aread()
-                if location not in self._modes:
-                    log.warning("image API %s %s ranged reads of %s; reading it sequentially, once",
-                                urlsplit(url).netloc, "ignores" if code == 200 else "refuses", image_id)
-                self._settle(location, probe, "sequential")
-                if code == 200:
-                    self._sizes.setdefault(location, _content_length(response) or -1)
-                    response = None  # owned by ``first`` now
-                async for piece in self._sequential(location, image_id, url, byte_range, first):
-                    yield piece
-                return
+                    await response.aclose()
+                    return RangeIgnored(None, None)
+                size = _content_length(response)
+                return RangeIgnored(_body(response, location, size), size)
             await response.aread()
+            await response.aclose()
             _check(response, location)
             raise BackendUnavailable(f"image API answered {code}", location=redact(location))
-        finally:
-            self._settle(location, probe, None)
-            if response is not None:
-                await response.aclose()
 
-    async def _await_mode(self, location: str) -> asyncio.Event | None:
-        """Wait until the location's mode is known or nobody is finding it out; return the
-        probe event if this read is the one to find out (it must :meth:`_settle` it)."""
-        while location not in self._modes:
-            running = self._probes.get(location)
-            if running is None:
-                probe = self._probes[location] = asyncio.Event()
-                return probe
-            await running.wait()
-        return None
+        async def open_stream() -> AsyncIterator[bytes]:
+            async for piece in self.read(location):
+                yield piece
 
-    def _settle(self, location: str, probe: asyncio.Event | None, mode: str | None) -> None:
-        if mode is not None:
-            self._modes[location] = mode
-        if probe is not None and self._probes.get(location) is probe:
-            del self._probes[location]
-            probe.set()
+        async for piece in self.sequential.read_range(location, byte_range, open_range, open_stream,
+                                                      lambda: self.size(location)):
+            yield piece
+
+    async def _send(self, url: str, image_id: str, location: str, headers: Mapping[str, str]) -> httpx.Response:
+        """Send a GET of ``url``; the open (streaming) response, which the caller closes."""
+        request = self._client.build_request("GET", url, headers=self._headers(image_id, headers))
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _translate(exc, location) from exc
 
     @staticmethod
     def _want(response: httpx.Response, location: str, byte_range: ByteRange | None) -> int | None:
@@ -207,30 +186,6 @@ class ImageApiBackend:
                                      f"for {byte_range}", location=redact(location))
         return byte_range.length
 
-    async def _sequential(self, location: str, image_id: str, url: str, byte_range: ByteRange,
-                          first: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
-        size = self._sizes.get(location, -1)
-        if size < 0:
-            self._sizes.pop(location, None)
-            size = await self.size(location)
-
-        async def open_stream() -> AsyncIterator[bytes]:
-            request = self._client.build_request("GET", url, headers=self._headers(image_id))
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise _translate(exc, location) from exc
-            try:
-                self._want(response, location, None)
-            except BaseException:
-                await response.aclose()
-                raise
-            async for piece in _body(response, location):
-                yield piece
-
-        async for piece in self.sequential.read(location, size, byte_range, open_stream, first):
-            yield piece
-
     async def aclose(self) -> None:
         await self.sequential.aclose()
         await self._client.aclose()
@@ -245,6 +200,15 @@ def _check(response: httpx.Response, location: str) -> None:
         raise BackendUnavailable(f"image API refused the token ({code})", location=redact(location))
     if not 200 <= code < 300:
         raise BackendUnavailable(f"image API answered {code}", location=redact(location))
+
+
+async def _checked(response: httpx.Response, check: Callable[[], int | None]) -> int | None:
+    """``check()``'s result; if it raises, ``response`` is closed first."""
+    try:
+        return check()
+    except BaseException:
+        await response.aclose()
+        raise
 
 
 async def _pieces(response: httpx.Response, location: str, want: int | None) -> AsyncIterator[bytes]:
@@ -270,10 +234,10 @@ async def _pieces(response: httpx.Response, location: str, want: int | None) -> 
         raise BackendUnavailable(f"image API sent {sent} of {want} bytes", location=redact(location))
 
 
-async def _body(response: httpx.Response, location: str) -> AsyncIterator[bytes]:
-    """The whole body of an open response; closes it when done or closed."""
+async def _body(response: httpx.Response, location: str, want: int | None) -> AsyncIterator[bytes]:
+    """``want`` bytes (None: all) of an open response's body; closes it when done or closed."""
     try:
-        async for piece in _pieces(response, location, _content_length(response)):
+        async for piece in _pieces(response, location, want):
             yield piece
     finally:
         await response.aclose()

@@ -2,12 +2,19 @@
 
 Some stores do not serve byte ranges: Glance answers 400 ("Getting images randomly from this
 store is not supported") for images in stores without random access, and some http servers
-ignore ``Range`` and send the whole object. Filling chunk ``k`` of such an object costs its
-first ``k`` chunks, so chunk-by-chunk fills would read it about n²/2 times. Here one
-sequential read per object (a :class:`Tape`) is spooled to an unlinked temp file as it
-arrives, and every ranged read of that object is served from the spool as soon as its bytes
-are in: each byte is read upstream once, whatever the number and order of ranged reads, and
-readers get bytes as they arrive.
+(Python's ``http.server``, nginx with ``max_ranges 0``) ignore ``Range`` and send the whole
+object. Filling chunk ``k`` of such an object costs its first ``k`` chunks, so chunk-by-chunk
+fills would read it about n²/2 times. Here one sequential read per object (a :class:`Tape`)
+is spooled to an unlinked temp file as it arrives, and every ranged read of that object is
+served from the spool as soon as its bytes are in: each byte is read upstream once, whatever
+the number and order of ranged reads, and readers get bytes as they arrive.
+
+:meth:`SequentialReads.read_range` decides per location: the first ranged read asks the store
+for its range; reads arriving meanwhile wait for that answer's head (so a herd of fills never
+opens one whole-object stream each). A store that serves the range keeps being asked for
+ranges; one that ignores Range has its answer (the whole object) become the tape. The verdict
+is remembered per location for ``verdict_ttl`` seconds (:class:`RangeVerdicts`), so the next
+cold chunk does not ask again.
 
 Memory stays at one piece per tape; the disk holds the object while readers use it, plus
 ``linger`` seconds (the chunk a reader asks for next still finds it), and the kernel frees
@@ -24,17 +31,38 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange
 
-__all__ = ["SequentialReads", "Tape", "OpenStream"]
+__all__ = ["OpenRange", "OpenStream", "RangeIgnored", "RangeServed", "RangeVerdicts", "SequentialReads", "Tape"]
 
 log = logging.getLogger(__name__)
 
 # Opens a fresh stream of the whole object, from its first byte.
 OpenStream = Callable[[], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeServed:
+    """The store answered a ranged request with the range: ``body`` yields exactly it."""
+
+    body: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeIgnored:
+    """The store did not serve the range: ``body`` is the whole object from byte 0 (Range
+    ignored), or ``None`` (Range refused); ``size`` is the object's size if the answer told it."""
+
+    body: AsyncIterator[bytes] | None
+    size: int | None
+
+
+# Sends one ranged request; returns once the answer's head is in (raises the store's BackendError).
+OpenRange = Callable[[ByteRange], Awaitable[RangeServed | RangeIgnored]]
 
 
 async def _close(it: AsyncIterator[bytes] | None) -> None:
@@ -156,19 +184,71 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+class RangeVerdicts:
+    """Per location, whether its store serves byte ranges: found out by one read at a time,
+    remembered ``ttl`` seconds. Event-loop only; not thread-safe.
+
+    Entries are kept in the order they expire (one ``ttl`` for all), so expired ones are
+    dropped from the front as new ones come: memory follows the locations read lately.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._known: dict[str, tuple[bool, float]] = {}  # location -> (serves ranges, expires at)
+        self._probes: dict[str, asyncio.Event] = {}
+
+    def get(self, location: str) -> bool | None:
+        """Whether ``location``'s store serves ranges; ``None`` if not known (or forgotten)."""
+        entry = self._known.get(location)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._known[location]
+            return None
+        return entry[0]
+
+    async def turn(self, location: str) -> tuple[bool | None, asyncio.Event | None]:
+        """``(verdict, None)`` once the verdict is known, or ``(None, probe)`` for the read
+        that is to find it out, which must :meth:`settle` ``probe`` (with or without a verdict)."""
+        while (verdict := self.get(location)) is None:
+            running = self._probes.get(location)
+            if running is None:
+                probe = self._probes[location] = asyncio.Event()
+                return None, probe
+            await running.wait()
+        return verdict, None
+
+    def settle(self, location: str, probe: asyncio.Event | None, serves_ranges: bool | None) -> None:
+        """Record a verdict (unless ``None``) and end ``probe`` (if it is the running one)."""
+        if serves_ranges is not None:
+            now = time.monotonic()
+            self._known.pop(location, None)
+            self._known[location] = (serves_ranges, now + self.ttl)
+            while self._known:
+                oldest, (_, expires) = next(iter(self._known.items()))
+                if expires > now:
+                    break
+                del self._known[oldest]
+        if probe is not None and self._probes.get(location) is probe:
+            del self._probes[location]
+            probe.set()
+
+
 class SequentialReads:
-    """The tapes of one backend, one per location at a time. Event-loop only.
+    """The tapes of one backend, one per location at a time, and its :class:`RangeVerdicts`.
+    Event-loop only.
 
     A failed tape is replaced by a fresh one on the next read; a finished or failed tape
     without readers is dropped after ``linger`` seconds.
     """
 
     def __init__(self, spool_dir: Path, *, retries: int = 3, stall_timeout: float = 30.0,
-                 linger: float = 30.0) -> None:
+                 linger: float = 30.0, verdict_ttl: float = 600.0) -> None:
         self.spool_dir = spool_dir
         self.retries = retries
         self.stall_timeout = stall_timeout
         self.linger = linger
+        self.verdicts = RangeVerdicts(verdict_ttl)
         self._tapes: dict[str, Tape] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reap_at: asyncio.TimerHandle | None = None
@@ -189,6 +269,44 @@ class SequentialReads:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return tape, True
+
+    async def read_range(self, location: str, byte_range: ByteRange, open_range: OpenRange,
+                         open_stream: OpenStream, size: Callable[[], Awaitable[int]]) -> AsyncIterator[bytes]:
+        """Yield ``byte_range`` of ``location`` (see the module docs for how it is read).
+
+        ``open_range`` asks the store for a range; ``open_stream`` opens the whole object (for
+        the tape's reopenings); ``size`` tells the object's size when an answer did not.
+        Raises what those and the tape raise (:class:`BackendError`); the verdict is recorded
+        only from an answer, never from a failure.
+        """
+        verdict, probe = await self.verdicts.turn(location)
+        try:
+            tape = self._tapes.get(location)
+            if verdict is False or (tape is not None and tape.error is None):
+                # A tape still running (or lingering) for it: its store ignores ranges.
+                self.verdicts.settle(location, probe, False)
+                total = tape.size if tape is not None and tape.error is None else await size()
+                async for piece in self.read(location, total, byte_range, open_stream):
+                    yield piece
+                return
+            answer = await open_range(byte_range)
+            self.verdicts.settle(location, probe, isinstance(answer, RangeServed))
+            if isinstance(answer, RangeServed):
+                try:
+                    async for piece in answer.body:
+                        yield piece
+                finally:
+                    await _close(answer.body)
+                return
+            try:
+                total = answer.size if answer.size is not None else await size()
+            except BaseException:
+                await _close(answer.body)
+                raise
+            async for piece in self.read(location, total, byte_range, open_stream, answer.body):
+                yield piece
+        finally:
+            self.verdicts.settle(location, probe, None)
 
     async def read(self, location: str, size: int, byte_range: ByteRange, open_stream: OpenStream,
                    first: AsyncIterator[bytes] | None = None) -> AsyncIterator[bytes]:
