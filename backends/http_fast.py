@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -176,8 +176,10 @@ class FastPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def open(self, target: FastTarget, byte_range: ByteRange, location: str) -> FastBody | None:
-        """Send ``GET`` with ``Range`` for ``byte_range``; return its body, or ``None`` to fall back.
+    async def open(self, target: FastTarget, byte_range: ByteRange, location: str,
+                   headers: Mapping[str, str] | None = None) -> FastBody | None:
+        """Send ``GET`` with ``Range`` for ``byte_range`` (and ``headers``, e.g. a token); return its
+        body, or ``None`` to fall back.
 
         ``None`` means: the answer was not an acceptable 206 (nor, with ``whole_ok``, a
         200 of the whole object: see :attr:`FastBody.whole`), or the connection failed
@@ -197,7 +199,7 @@ class FastPool:
             raise BackendUnavailable("http store timed out (PoolTimeout)", location=location) from None
         key = (target.host, target.port)
         try:
-            body = await self._exchange(key, target, byte_range, location, slots)
+            body = await self._exchange(key, target, byte_range, location, slots, headers)
         except TimeoutError:
             slots.release()
             raise BackendUnavailable("http store timed out (ReadTimeout)", location=location) from None
@@ -209,12 +211,12 @@ class FastPool:
         return body
 
     async def _exchange(self, key: tuple[str, int], target: FastTarget, byte_range: ByteRange, location: str,
-                        slots: asyncio.Semaphore) -> FastBody | None:
+                        slots: asyncio.Semaphore, headers: Mapping[str, str] | None) -> FastBody | None:
         """One request/head exchange (retried once on a fresh connection if a pooled one was dropped).
 
         Closes the connection on every path that does not return a body.
         """
-        request = self._request(target, byte_range)
+        request = self._request(target, byte_range, headers)
         for _ in range(2):
             conn = self._take_idle(key)
             reused = conn is not None
@@ -269,7 +271,8 @@ class FastPool:
             self._slots = asyncio.Semaphore(self.max_connections)
         return self._slots
 
-    def _request(self, target: FastTarget, byte_range: ByteRange) -> bytes:
+    def _request(self, target: FastTarget, byte_range: ByteRange, headers: Mapping[str, str] | None) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         return (
             f"GET {target.path} HTTP/1.1\r\n"
             f"Host: {target.netloc}\r\n"
@@ -277,6 +280,7 @@ class FastPool:
             "Accept-Encoding: identity\r\n"
             "Connection: keep-alive\r\n"
             f"User-Agent: {self._agent}\r\n"
+            f"{extra}"
             f"Range: bytes={byte_range.start}-{byte_range.end - 1}\r\n\r\n"
         ).encode("ascii")
 

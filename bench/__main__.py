@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--only", action="append", default=[], metavar="SCENARIO", help=f"one of {', '.join(SCENARIOS)}; repeatable")
     run.add_argument("--systems", default="", help="comma-separated system names (default: all)")
     run.add_argument("--size", type=parse_size, default=None, metavar="SIZE",
-                     help="image size for cached_download, warm_reads and upload, e.g. 1GiB or 256MiB")
+                     help="image size for cached_download, warm_reads, upload and stores, e.g. 1GiB or 256MiB")
     run.add_argument("--repeats", type=int, default=None, help="repeats per step (default: 1 quick, 3 full)")
     run.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                      help="metadata: also run the imgproxy checkout in DIR (e.g. a git worktree of an older commit)")
@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     profile = Profile.make(args.quick)
     if args.size is not None:
-        profile = dataclasses.replace(profile, cached_size=args.size, warm_image_size=args.size, upload_sizes=(args.size,))
+        profile = dataclasses.replace(profile, cached_size=args.size, warm_image_size=args.size, upload_sizes=(args.size,),
+                                      stores_image_size=args.size)
     if args.repeats is not None:
         profile = dataclasses.replace(profile, repeats=max(1, args.repeats))
     if args.baseline is not None:

@@ -5,13 +5,16 @@ fills turn "many clients ask for a byte of many cold chunks" into chunk_size x N
 and upstream traffic. A fill starts only with a grant from :class:`Admission`: a reader
 that needs a chunk now waits for one (first come, first served); read-ahead takes one
 only if it is free at once, and never waits. The grant is given back when the fill's
-buffer is let go (see :class:`cache.fill.Fill`).
+buffer is let go (see :class:`cache.fill.Fill`), and the buffer itself to :attr:`Admission.buffers`
+for the next fill (at most a quarter of ``max_bytes`` kept).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+
+from .fill_buffer import BufferPool
 
 __all__ = ["Admission"]
 
@@ -34,6 +37,7 @@ class Admission:
         self.peak_fills = 0
         self.peak_bytes = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.buffers = BufferPool(max_bytes // 4)
 
     @property
     def waiting(self) -> int:

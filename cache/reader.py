@@ -129,7 +129,7 @@ class Reader:
 
     def _start(self, spec: FillSpec) -> Fill:
         """A new fill of ``spec`` under a grant the caller took (given back with its buffer)."""
-        fill = Fill(spec, release=lambda: self.admission.release(spec.span.length))
+        fill = Fill(spec, release=lambda: self.admission.release(spec.span.length), buffers=self.admission.buffers)
         self._fills[spec.key] = fill
         self.pending.count("misses")
         fill.task = self._spawn(self.runner.run(fill))

@@ -170,6 +170,23 @@ async def test_reads_glance_dynamic_large_objects(container_store: tuple[SwiftBa
     assert names(api, container) == set()  # the manifest and its six segments
 
 
+async def test_ranged_reads_take_the_lean_client(container_store: tuple[SwiftBackend, str], api: httpx.Client) -> None:
+    """A cache fill is ranged reads: of a plain object, a static and a dynamic large object they
+    all go over the lean client (backends.http_fast) with the token, and deliver the same bytes."""
+    backend, container = container_store
+    data = payload(3 * SEGMENT + 11, 47)
+    assert api.put(f"/{container}/plain", content=data).status_code == 201
+    seed_glance_dlo(api, container, "dlo", data, SEGMENT)
+    locations = [f"swift://{container}/plain", f"swift://{container}/dlo", await write(backend, "slo", data)]
+    ranges = [(0, 1), (SEGMENT - 3, SEGMENT + 3), (5, 2 * SEGMENT + 9), (0, len(data))]
+    for location in locations:
+        for start, end in ranges:
+            assert b"".join(await collect(backend.read(location, ByteRange(start, end)))) == data[start:end]
+    assert (backend.fast.stats.reads, backend.fast.stats.fallbacks) == (len(locations) * len(ranges), 0)
+    assert b"".join(await collect(backend.read(locations[0]))) == data  # a whole read: httpx
+    assert backend.fast.stats.reads == len(locations) * len(ranges)
+
+
 async def test_expired_tokens_are_renewed(tmp_path: Path) -> None:
     with start_swift(tmp_path / "swift", token_life=1) as server:
         data = payload(2 * SEGMENT + 5, 46)
@@ -184,6 +201,10 @@ async def test_expired_tokens_are_renewed(tmp_path: Path) -> None:
             await asyncio.sleep(2.2)  # the token tempauth gave is now expired (Fernet counts whole seconds)
             assert b"".join(await collect(backend.read(location, ByteRange(5, SEGMENT + 5)))) == data[5 : SEGMENT + 5]
             assert (backend.stats.logins, backend.stats.renewals) == (2, 1)  # one 401, one new login
+            # The lean client handed the 401 to httpx, which renewed the token; the next read is lean again.
+            assert (backend.fast.stats.reads, backend.fast.stats.fallbacks) == (1, 1)
+            assert b"".join(await collect(backend.read(location, ByteRange(1, 9)))) == data[1:9]
+            assert (backend.fast.stats.reads, backend.fast.stats.fallbacks) == (2, 1)
             await asyncio.sleep(2.2)
             assert await backend.size(location) == len(data)
             assert (backend.stats.logins, backend.stats.renewals) == (3, 2)

@@ -145,3 +145,27 @@ async def test_closing_the_cache_fails_waiting_readers(make_cache, add_image, fi
     with pytest.raises(CacheError):
         async for _ in it:
             pass
+
+
+async def test_fill_buffers_are_reused_only_once_no_reader_holds_a_view(make_cache, add_image, file_store):
+    # Cold pieces are views of the fill's buffer, and buffers are recycled for later fills
+    # (fresh pages cost the kernel a fault each): a piece a reader still holds must keep its bytes.
+    cache = make_cache()
+    images = {name: image_bytes(3 * CHUNK, seed=seed) for name, seed in (("a", 31), ("b", 32), ("c", 33))}
+    added = {name: await add_image(cache, name, data, cached=False) for name, data in images.items()}
+    upstream = ScriptedStore(file_store, piece=16 * 1024)
+
+    async def cold(name: str) -> list[bytes | memoryview]:
+        manifest, location = added[name]
+        pieces = [piece async for piece in cache.read(name, manifest, ByteRange(0, manifest.size), upstream, location)]
+        await cache.wait_idle()
+        return pieces
+
+    held = await cold("a")
+    assert b"".join(held) == images["a"] and any(isinstance(p, memoryview) for p in held)
+    assert b"".join(await cold("b")) == images["b"]
+    assert b"".join(held) == images["a"]  # b's fills did not write into a's buffers
+    reused = cache.admission.buffers.reused
+    del held
+    assert b"".join(await cold("c")) == images["c"]
+    assert cache.admission.buffers.reused > reused  # a's buffers, let go, served c
