@@ -14,8 +14,8 @@ the rest from the store itself and serves it without caching.
 A published chunk file never changes. The owner creates the ``.part`` file afresh
 (``O_EXCL``, after removing any leftover: a crash between publishing a ``.part`` by
 ``link`` and removing its name leaves a ``.part`` that *is* a published chunk), writes
-it, fsyncs it and links it into ``chunks/``; nothing ever opens an existing fill file
-for writing.
+it (with ``O_DIRECT`` from the fill's buffer where it can: :mod:`cache.part_file`), fsyncs it
+and links it into ``chunks/``; nothing ever opens an existing fill file for writing.
 
 A fill runs as a task owned by the cache, not by a reader: a fill some reader demanded
 goes on when that reader goes away (see :mod:`cache.fill_buffer` for read-ahead).
@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backends.base import BackendError, BackendNotFound, ByteRange
-from backends.direct_io import write_all
 
 from .chunks import ChunkStore, WriteOutcome, address_of
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
 from .fill_buffer import Fill, FillSpec
 from .index import PendingWrites
 from .manifest import ADDRESS_SIZE
+from .part_file import PartFile
 
 __all__ = ["Fill", "FillSpec", "FillRunner", "run_for_fd", "try_lock", "unlock"]
 
@@ -241,33 +241,33 @@ class FillRunner:
                 fill.mark_stored(known)
                 self.pending.touch(known)
                 return
-        part_fd: int | None
+        part: PartFile | None
         try:
-            part_fd = await run_owned(self.executor, _close, _create_part, part_path)
+            part = await run_owned(self.executor, PartFile.close, PartFile.create, part_path, fill.aligned)
             if fill.filled:
-                await self._io(write_all, part_fd, fill.got)
+                await self._io(part.catch_up, fill.got)
         except OSError as exc:
             log.error("cannot write %s (%s); serving from the store without caching", part_path, exc)
-            part_fd = None
+            part = None
         try:
-            part_fd = await self._fetch(fill, part_fd)
+            part = await self._fetch(fill, part)
             address = await self._check_address(fill)
             fill.mark_verified()
-            if part_fd is None:
+            if part is None:
                 return
-            fd, part_fd = part_fd, None
+            owned, part = part, None
             # The thread must be done with part_path before the caller removes it, even
             # if this task is cancelled meanwhile.
             future = asyncio.get_running_loop().run_in_executor(
-                self.executor, self._publish, fd, part_path, address, fill.got)
+                self.executor, self._publish, owned, part_path, address, fill.got)
             try:
                 outcome = await asyncio.shield(future)
             except asyncio.CancelledError:
                 await asyncio.wait([future])
                 raise
         finally:
-            if part_fd is not None:
-                os.close(part_fd)
+            if part is not None:
+                part.close()
         self.pending.count("fills")
         if outcome is WriteOutcome.COLLISION:
             log.warning("chunk %s of image %s collides with a different cached chunk; not shared",
@@ -284,12 +284,12 @@ class FillRunner:
                     await self._io(_write_address, addr_path, address)
             fill.mark_stored(address)
 
-    def _publish(self, fd: int, part_path: Path, address: bytes, data: memoryview) -> WriteOutcome | None:
+    def _publish(self, part: PartFile, part_path: Path, address: bytes, data: memoryview) -> WriteOutcome | None:
         try:
             try:
-                os.fsync(fd)
+                part.finish(data)
             finally:
-                os.close(fd)
+                part.close()
             return self.store.publish(part_path, address, data)
         except OSError as exc:
             log.error("cannot store chunk %s (%s); it stays uncached", address.hex(), exc)
@@ -303,8 +303,8 @@ class FillRunner:
                 image_id=fill.spec.image_id, offset=fill.spec.span.start)
         return address
 
-    async def _fetch(self, fill: Fill, part_fd: int | None) -> int | None:
-        """Read the rest of the chunk upstream into ``fill`` (and ``part_fd``); return ``part_fd``
+    async def _fetch(self, fill: Fill, part: PartFile | None) -> PartFile | None:
+        """Read the rest of the chunk upstream into ``fill`` (and ``part``); return ``part``
         (``None`` if writing it failed)."""
         spec = fill.spec
         failures = 0
@@ -325,13 +325,13 @@ class FillRunner:
                     fill.append(piece)
                     progressed = True
                     self.pending.count("bytes_upstream", len(piece))
-                    if part_fd is not None:
+                    if part is not None:
                         try:
-                            await self._io(write_all, part_fd, piece)
+                            await self._io(part.catch_up, fill.got)
                         except OSError as exc:
                             log.error("cannot write fill file (%s); serving without caching", exc)
-                            os.close(part_fd)
-                            part_fd = None
+                            part.close()
+                            part = None
             except BackendNotFound as exc:
                 raise UpstreamFailed(str(exc), image_id=spec.image_id, offset=start) from exc
             except (BackendError, OSError, TimeoutError) as exc:
@@ -348,18 +348,7 @@ class FillRunner:
                 if aclose is not None:
                     with contextlib.suppress(Exception):
                         await aclose()
-        return part_fd
-
-
-def _create_part(path: Path) -> int:
-    """A new, empty ``path`` open for writing (the caller holds the fill's lock).
-
-    A leftover of the same name is removed, never reused: it may be a published chunk
-    (a crash between ``link`` and ``unlink``) that must not change.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return part
 
 
 def _read_part(path: Path, offset: int, length: int) -> bytes:

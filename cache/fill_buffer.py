@@ -131,6 +131,11 @@ class Fill:
         event.set()
 
     @property
+    def aligned(self) -> bool:
+        """Its buffer is page-aligned (a pooled map), so its blocks can be written with ``O_DIRECT``."""
+        return isinstance(self._buf, mmap.mmap)
+
+    @property
     def got(self) -> memoryview:
         """The bytes in so far (read-only). Only while the fill runs (the buffer is held)."""
         assert self._view is not None, "fill buffer already released"
