@@ -27,15 +27,18 @@ The workflows are :mod:`imgproxy.images.cache_admin`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .common import caller, json_response, path_image_id, service_of
 
-__all__ = ["routes"]
+__all__ = ["Endpoint", "cache_routes", "routes"]
 
 CLEAR_TARGET_HEADER = "x-image-cache-clear-target"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def get_cache_state(request: Request) -> Response:
@@ -89,15 +92,24 @@ async def get_progress(request: Request) -> Response:
     return json_response(await service_of(request).images.cache.progress(caller(request), path_image_id(request)))
 
 
-# Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
-routes: list[BaseRoute] = [
-    Route("/v2/cache", get_cache_state, methods=["GET"]),
-    Route("/v2/cache", clear_cache, methods=["DELETE"]),
-    Route("/v2/cache/stats", get_stats, methods=["GET"]),
-    Route("/v2/cache/prune", prune_cache, methods=["POST"]),
-    Route("/v2/cache/clean", clean_cache, methods=["POST"]),
-    Route("/v2/cache/nodes/{image_id}", get_cached_nodes, methods=["GET"]),
-    Route("/v2/cache/{image_id}", get_progress, methods=["GET"]),
-    Route("/v2/cache/{image_id}", queue_image, methods=["PUT"]),
-    Route("/v2/cache/{image_id}", delete_cache_entry, methods=["DELETE"]),
-]
+def cache_routes(*, get_state: Endpoint, clear: Endpoint, stats: Endpoint, prune: Endpoint, clean: Endpoint,
+                 nodes: Endpoint, progress: Endpoint, queue: Endpoint, delete: Endpoint) -> list[BaseRoute]:
+    """The cache API's routes (Glance's paths and methods) over one set of handlers: the
+    service's, or an edge's (:mod:`imgproxy.edge.cache_routes`)."""
+    # Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
+    return [
+        Route("/v2/cache", get_state, methods=["GET"]),
+        Route("/v2/cache", clear, methods=["DELETE"]),
+        Route("/v2/cache/stats", stats, methods=["GET"]),
+        Route("/v2/cache/prune", prune, methods=["POST"]),
+        Route("/v2/cache/clean", clean, methods=["POST"]),
+        Route("/v2/cache/nodes/{image_id}", nodes, methods=["GET"]),
+        Route("/v2/cache/{image_id}", progress, methods=["GET"]),
+        Route("/v2/cache/{image_id}", queue, methods=["PUT"]),
+        Route("/v2/cache/{image_id}", delete, methods=["DELETE"]),
+    ]
+
+
+routes = cache_routes(get_state=get_cache_state, clear=clear_cache, stats=get_stats, prune=prune_cache,
+                      clean=clean_cache, nodes=get_cached_nodes, progress=get_progress, queue=queue_image,
+                      delete=delete_cache_entry)

@@ -30,7 +30,7 @@ from ..memory import IdleTrimmer
 from ..zerocopy import ZEROCOPY
 from .common import caller, path_image_id, service_of
 
-__all__ = ["routes", "upload", "download", "download_headers", "ImageDataResponse"]
+__all__ = ["routes", "upload", "download", "download_headers", "download_response", "ImageDataResponse"]
 
 log = logging.getLogger("imgproxy.data")
 
@@ -156,11 +156,17 @@ async def download(request: Request) -> Response:
                                                  prefer=prefer)
     if opened is None:
         return Response(status_code=204)
+    return download_response(opened, service.trimmer)
+
+
+def download_response(opened: Download, trimmer: IdleTrimmer) -> Response:
+    """The response of an opened download: 200 or 206 with its headers; its body streamed
+    (none for HEAD)."""
     status = 200 if opened.content_range is None else 206
     headers = download_headers(opened)
     if opened.body is None:
         return Response(status_code=status, headers=headers)
-    return ImageDataResponse(opened, status, headers, service.trimmer)
+    return ImageDataResponse(opened, status, headers, trimmer)
 
 
 def download_headers(opened: Download) -> dict[str, str]:

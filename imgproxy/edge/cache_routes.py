@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
+from ..api.cache_api import cache_routes
 from ..api.common import caller, json_response
 from ..images.cache_admin import CLEAR_TARGETS, image_progress
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceUnavailable
@@ -150,15 +150,6 @@ async def get_progress(request: Request) -> Response:
     return json_response(row)
 
 
-# Fixed paths come before /v2/cache/{image_id}, which would otherwise match them.
-routes: list[BaseRoute] = [
-    Route("/v2/cache", get_cache_state, methods=["GET"]),
-    Route("/v2/cache", clear_cache, methods=["DELETE"]),
-    Route("/v2/cache/stats", get_stats, methods=["GET"]),
-    Route("/v2/cache/prune", prune_cache, methods=["POST"]),
-    Route("/v2/cache/clean", clean_cache, methods=["POST"]),
-    Route("/v2/cache/nodes/{image_id}", get_cached_nodes, methods=["GET"]),
-    Route("/v2/cache/{image_id}", get_progress, methods=["GET"]),
-    Route("/v2/cache/{image_id}", queue_image, methods=["PUT"]),
-    Route("/v2/cache/{image_id}", delete_cache_entry, methods=["DELETE"]),
-]
+routes = cache_routes(get_state=get_cache_state, clear=clear_cache, stats=get_stats, prune=prune_cache,
+                      clean=clean_cache, nodes=get_cached_nodes, progress=get_progress, queue=queue_image,
+                      delete=delete_cache_entry)

@@ -7,28 +7,32 @@
 3. Otherwise the bytes come from the cache, filled from the upstream's ``/file`` with
    ranged reads (or one sequential read, see :mod:`backends.image_api`), single-flight
    across every request; until the image has been verified whole (:mod:`.verify`) each
-   response holds its last byte until it is.
+   response holds its last byte until it is. The download itself is the service's
+   (:func:`imgproxy.images.downloads.open_download`): cached chunks are verified (and
+   remembered as verified) before they leave, go out with ``sendfile`` where the server
+   offers it, and a chunk found corrupt is refilled, never sent.
 
 An upstream that cannot be reached or keeps failing: 503 with a JSON body naming it.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from backends import ByteRange
-from cache import CacheError, UpstreamCorrupt
 
-from ..api.data import ImageDataResponse, download_headers
+from ..api.data import download_response
 from ..errors import ApiError, BadGateway, ServiceUnavailable
-from ..images.downloads import Download, translated
-from ..ranges import content_range, parse_range
+from ..images import ImageDataError
+from ..images.downloads import Piece, open_download
 from .proxy import UpstreamProxy
 from .service import EdgeService, cacheable
 from .upstream import Answer, UpstreamUnavailable
+from .verify import hold_last_byte
 
 __all__ = ["routes"]
 
@@ -54,10 +58,10 @@ class ProxiedResponse(Response):
         await self.proxy(scope, receive, send)
 
 
-def _read_error(service: EdgeService, exc: CacheError) -> ApiError:
+def _read_error(service: EdgeService, exc: ImageDataError) -> ApiError:
     """A read through the cache failed before any byte was sent."""
     upstream = service.upstream.base_url
-    if isinstance(exc, UpstreamCorrupt):
+    if exc.corrupt:
         return BadGateway(f"The upstream image API {upstream} returned data that does not match the image: {exc}")
     return ServiceUnavailable(f"The image data could not be read from the upstream image API {upstream}: {exc}")
 
@@ -75,30 +79,21 @@ async def download(request: Request) -> Response:
     if not cacheable(record):
         return ProxiedResponse(service.proxy)
     manifest = await service.manifest_for(image_id, record)
-    size = manifest.size
+    location = service.location(image_id)
+
+    def body(wanted: ByteRange) -> AsyncIterator[Piece]:
+        # Chunks on disk come as verified file slices, sent with sendfile where the server can.
+        sliced = service.cache.read_slices(image_id, manifest, wanted, service.source, location)
+        if service.verifier.verified(image_id, manifest):
+            return sliced
+        return hold_last_byte(sliced, wanted.length,
+                              service.verifier.start(image_id, manifest, service.backend, location))
+
     # If-Range names a validator we never send, so it cannot match: serve everything.
     range_header = None if "if-range" in request.headers else request.headers.get("range")
-    byte_range = parse_range(range_header, size)
-    wanted = byte_range or ByteRange(0, size)
-    crange = None if byte_range is None else content_range(byte_range, size)
-    status = 200 if byte_range is None else 206
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=download_headers(Download(record, size, wanted.length, crange,
-                                                                              b"", None)))
+    opened = await open_download(record, manifest.size, range_header, body, head=request.method == "HEAD",
+                                 error=lambda exc: _read_error(service, exc))
+    return download_response(opened, service.trimmer)
 
-    location = service.location(image_id)
-    body = service.cache.read(image_id, manifest, wanted, service.source, location)
-    if not service.verifier.verified(image_id, manifest):
-        body = service.verifier.guard(body, service.verifier.start(image_id, manifest, service.backend, location))
-    # The first piece before answering, so a dead upstream is an HTTP error, not a cut.
-    try:
-        first = await body.__anext__() if wanted.length else b""
-    except StopAsyncIteration:
-        first = b""
-    except CacheError as exc:
-        await body.aclose()  # type: ignore[attr-defined]
-        raise _read_error(service, exc) from exc
-    opened = Download(record, size, wanted.length, crange, first, translated(image_id, wanted.start + len(first), body))
-    return ImageDataResponse(opened, status, download_headers(opened), service.trimmer)
 
 routes: list[BaseRoute] = [Route("/v2/images/{image_id}/file", download, methods=["GET", "HEAD"])]

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -26,9 +28,11 @@ import lmdb
 import xxhash
 
 from backends import ByteRange, ReadBackend
-from cache import ImageCache, ImageDigests, Manifest, UpstreamCorrupt
+from cache import FileSlice, ImageCache, ImageDigests, Manifest, UpstreamCorrupt
 
-__all__ = ["Verifier"]
+from ..images.downloads import Piece
+
+__all__ = ["Verifier", "hold_last_byte"]
 
 log = logging.getLogger("imgproxy.edge")
 
@@ -152,23 +156,41 @@ class Verifier:
             self.cache.record_manifest(txn, image_id, dataclasses.replace(stored, chunks=addresses))
             txn.put(image_id.encode(), _expected(manifest).encode(), db=self._db)
 
-    async def guard(self, body: AsyncIterator[bytes | memoryview], task: asyncio.Task[None]
-                    ) -> AsyncIterator[bytes | memoryview]:
-        """``body`` with its last byte held until ``task`` (the image's verify pass) succeeds.
 
-        Raises the pass's :class:`CacheError` instead of sending that byte. Closes ``body``.
-        """
-        held: bytes | memoryview | None = None
-        try:
-            async for piece in body:
-                if held is not None:
-                    yield held
-                held = piece
-            if held is not None and len(held) > 1:
-                yield held[:-1]
-                held = held[-1:]
-            await asyncio.shield(task)
-            if held is not None:
-                yield held
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
+async def hold_last_byte(body: AsyncIterator[Piece], length: int, task: asyncio.Task[None]) -> AsyncIterator[Piece]:
+    """``body`` (``length`` bytes) with its last byte held until ``task`` (the image's
+    verify pass) succeeds.
+
+    Raises the pass's :class:`CacheError` instead of sending that byte. The held byte
+    is a copy taken before ``body`` is resumed (a :class:`FileSlice` is valid only until
+    then; a fill's buffer is not kept for one byte). Closes ``body``.
+    """
+    sent = 0
+    held: Piece = b""
+    try:
+        async for piece in body:
+            sent += len(piece)
+            if sent < length:
+                yield piece
+                continue
+            piece, held = _split_last(piece)
+            if piece:
+                yield piece
+        await asyncio.shield(task)
+        if held:
+            yield held
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+def _split_last(piece: Piece) -> tuple[Piece, Piece]:
+    """``(to send now, a copy of the last byte)``. The copy keeps the piece's kind (a
+    ``memoryview`` is a fill's bytes, which the request log tells from the cache's)."""
+    if isinstance(piece, FileSlice):
+        last = os.pread(piece.fd, 1, piece.offset + piece.count - 1)
+        if len(last) != 1:
+            raise OSError(errno.EIO, "a verified chunk ended early")
+        return FileSlice(piece.fd, piece.offset, piece.count - 1), last
+    if isinstance(piece, memoryview):
+        return piece[:-1], memoryview(bytes(piece[-1:]))
+    return piece[:-1], piece[-1:]

@@ -11,7 +11,7 @@ read of an image whose validation data is not yet checked is verified in line
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +20,7 @@ from cache import CacheError, FileSlice, UpstreamCorrupt
 
 from .. import policy
 from ..context import RequestContext
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import ApiError, BadRequest, Forbidden, NotFound
 from ..ranges import content_range, parse_range
 from ..sources import resolve_source
 from .errors import ImageDataError, data_error, store_error
@@ -29,7 +29,7 @@ from .verify import InlineVerifier
 if TYPE_CHECKING:
     from ..service import Service
 
-__all__ = ["Download", "Downloads", "FileSlice", "Piece", "PIECE_SIZE", "translated"]
+__all__ = ["Download", "Downloads", "FileSlice", "Piece", "PIECE_SIZE", "open_download", "translated"]
 
 _NO_DATA_STATUSES = frozenset({"queued", "saving"})
 
@@ -71,6 +71,36 @@ async def translated(image_id: str, start: int, body: AsyncIterator[P]) -> Async
         await body.aclose()  # type: ignore[attr-defined]
 
 
+async def open_download(record: dict[str, Any], size: int, range_header: str | None,
+                        open_body: Callable[[ByteRange], AsyncIterator[Piece]], *, head: bool = False,
+                        error: Callable[[ImageDataError], ApiError] = data_error) -> Download:
+    """The download of ``record``'s ``size`` bytes, whole or the one range ``range_header``
+    asks for (None: the whole image), once the caller may read them: the service's and
+    the edge's.
+
+    ``open_body(wanted)`` opens the pieces of ``wanted`` (not called for ``head``); the
+    cache's errors and I/O errors in it become :class:`ImageDataError`. Its first piece
+    is read here, so a dead store is an HTTP error (``error`` of it), not a cut. Raises
+    RangeNotSatisfiable for a range past the end.
+    """
+    image_id: str = record["id"]
+    byte_range = parse_range(range_header, size)
+    wanted = byte_range or ByteRange(0, size)
+    crange = None if byte_range is None else content_range(byte_range, size)
+    if head:
+        return Download(record, size, wanted.length, crange, b"", None)
+    body = translated(image_id, wanted.start, open_body(wanted))
+    try:
+        first = await body.__anext__() if wanted.length else b""
+    except StopAsyncIteration:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise error(ImageDataError("the cache returned no data", image_id=image_id, offset=0)) from None
+    except ImageDataError as exc:
+        await body.aclose()  # type: ignore[attr-defined]
+        raise error(exc) from exc
+    return Download(record, size, wanted.length, crange, first, body)
+
+
 class Downloads:
     """The download workflow of one process."""
 
@@ -107,26 +137,13 @@ class Downloads:
             raise store_error(exc, "read the image data") from exc
         if source is None:
             return None
-        size = source.manifest.size
-        byte_range = parse_range(range_header, size)
-        wanted = byte_range or ByteRange(0, size)
-        crange = None if byte_range is None else content_range(byte_range, size)
-        if head:
-            return Download(record, size, wanted.length, crange, b"", None)
-        body: AsyncIterator[Piece]
-        if wanted.length == size and self.verifier.owed(image_id, source.location):
-            # A read verified in line hashes every byte it sends: bytes, not file slices.
-            raw = service.cache.read(image_id, source.manifest, wanted, source.backend, source.location)
-            body = self.verifier.wrap(record, source.location, size, translated(image_id, wanted.start, raw))
-        else:
-            sliced = service.cache.read_slices(image_id, source.manifest, wanted, source.backend, source.location)
-            body = translated(image_id, wanted.start, sliced)
-        try:
-            first = await body.__anext__() if wanted.length else b""
-        except StopAsyncIteration:
-            await body.aclose()  # type: ignore[attr-defined]
-            raise data_error(ImageDataError("the cache returned no data", image_id=image_id, offset=0)) from None
-        except ImageDataError as exc:
-            await body.aclose()  # type: ignore[attr-defined]
-            raise data_error(exc) from exc
-        return Download(record, size, wanted.length, crange, first, body)
+        location = source.location
+
+        def body(wanted: ByteRange) -> AsyncIterator[Piece]:
+            if wanted.length == source.manifest.size and self.verifier.owed(image_id, location):
+                # A read verified in line hashes every byte it sends: bytes, not file slices.
+                raw = service.cache.read(image_id, source.manifest, wanted, source.backend, location)
+                return self.verifier.wrap(record, location, wanted.length, raw)
+            return service.cache.read_slices(image_id, source.manifest, wanted, source.backend, location)
+
+        return await open_download(record, source.manifest.size, range_header, body, head=head)
