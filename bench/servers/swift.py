@@ -21,6 +21,7 @@ from __future__ import annotations
 import getpass
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,6 +139,7 @@ min_segment_size = 1
 
 [filter:cache]
 use = egg:swift#memcache
+{memcache_servers}
 
 {plain_filters}
 """
@@ -193,11 +195,14 @@ class SwiftServer:
     region = "us-east-1"
 
     def __init__(self, root: Path, *, venv: Path | None = None, token_life: int = 86400,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", memcached: bool = False) -> None:
         self.root = Path(root).resolve()
         self.venv = venv or swift_venv()
         self.token_life = token_life
         self.log_level = log_level
+        # A memcached beside the proxy, as every production Swift has: without one, each GET
+        # also asks the account and container servers (a ranged read pays that per range).
+        self.memcached = memcached
         self.etc = self.root / "etc"
         self.devices = self.root / "devices"
         self.logs = self.root / "logs"
@@ -240,7 +245,7 @@ class SwiftServer:
             path.mkdir(parents=True, exist_ok=True)
         (self.etc / "swift.conf").write_text(_SWIFT_CONF)
         taken: set[int] = set()
-        for name in _SERVERS:
+        for name in (*_SERVERS, "memcached"):
             self.ports[name] = free_low_port(taken)
             taken.add(self.ports[name])
         common = {"user": getpass.getuser(), "etc": self.etc, "devices": self.devices, "log_level": self.log_level}
@@ -251,7 +256,9 @@ class SwiftServer:
         (self.etc / "proxy-server.conf").write_text(
             _DEFAULT.format(port=self.ports["proxy"], name="proxy", **common)
             + _PROXY_APP.format(key=self.key, token_life=self.token_life, fernet_key=fernet_key, region=self.region,
-                               plain_filters=_plain_filters())
+                               plain_filters=_plain_filters(),
+                               memcache_servers=f"memcache_servers = 127.0.0.1:{self.ports['memcached']}"
+                               if self.memcached else "")
         )
         ports = [str(self.ports[n]) for n in ("account", "container", "object")]
         built = subprocess.run([str(self.venv / "bin" / "python"), "-c", _RINGS, str(self.etc), *ports],
@@ -267,6 +274,8 @@ class SwiftServer:
         self.url = f"http://127.0.0.1:{self.ports['proxy']}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "SWIFT_", "PYTHON"))}
         try:
+            if self.memcached:
+                self._start_memcached()
             for name in _SERVERS:
                 with (self.logs / f"{name}.log").open("ab") as out:
                     proc = subprocess.Popen(
@@ -281,6 +290,17 @@ class SwiftServer:
             raise
         self.start_seconds = time.monotonic() - t0
         return self
+
+    def _start_memcached(self) -> None:
+        binary = shutil.which("memcached")
+        if binary is None:
+            raise SwiftUnavailable("memcached is not installed (apt-get install memcached)")
+        with (self.logs / "memcached.log").open("ab") as out:
+            proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(self.ports["memcached"]), "-U", "0",
+                                     "-m", "64", "-t", "1", "-u", getpass.getuser()], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        self.procs["memcached"] = proc
+        (self.root / "run" / "memcached.pid").write_text(f"{proc.pid}\n")
 
     def _wait_ready(self, deadline: float) -> None:
         last = "nothing answered yet"
