@@ -18,7 +18,7 @@ from typing import cast
 
 import lmdb
 
-from .streams import ORDER_TS, split_name
+from .streams import ORDER_TS, name_end, split_name
 
 __all__ = ["Index", "in_list_order"]
 
@@ -38,7 +38,7 @@ def _reverse_groups(suffixes: Iterable[bytes]) -> Iterator[bytes]:
     group: list[bytes] = []
     name = b""
     for suffix in suffixes:
-        key = split_name(suffix)[0]
+        key = suffix[:name_end(suffix)]
         if key != name:
             yield from reversed(group)
             group, name = [], key

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
@@ -34,7 +34,7 @@ from .listing_plan import Part, Plan, plan_listing
 from .policy import is_visible
 from .index import in_list_order
 from .registry import MEMBER_STATUSES, Registry
-from .streams import ORDER_TS, name_key, order_of, split_name
+from .streams import ORDER_TS, name_end, name_key, order_of
 
 __all__ = ["ListQuery", "Page", "Reads", "parse_query", "plan_for", "on_loop", "list_images", "DEFAULT_LIMIT",
            "MAX_LIMIT"]
@@ -310,27 +310,47 @@ class _Lister:
                 return True
         return False
 
-    def _checked_by_name(self, part: Part, descending: bool, after: bytes | None) -> Iterator[bytes]:
-        walks = [self.index.by_name(self.txn, prefix, descending=descending, after=after) for prefix in part.streams]
+    def _checked_by_name(self, streams: list[bytes], checks: tuple[tuple[bytes, ...], ...], descending: bool,
+                         after: bytes | None) -> Iterator[bytes]:
+        """The name-order suffixes of the union of ``streams`` that pass every check, in key order."""
+        walks = [self.index.by_name(self.txn, prefix, descending=descending, after=after) for prefix in streams]
         merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=descending)
+        get = cast(Callable[[bytes], bytes | None], functools.partial(self.txn.get, db=self.index.db))
+        # A page's hot loop (_in_any inlined): most checks are one term, a single lookup.
+        single = [check[0] for check in checks if len(check) == 1]
+        several = [check for check in checks if len(check) > 1]
+        reads, last = self.reads, b""
         for suffix in merged:
-            self.reads.index += 1
-            order = split_name(suffix)[1]
-            if all(self._in_any(check, order) for check in part.checks):
-                yield suffix
+            if suffix == last:  # an image in several streams comes once from each, side by side
+                continue
+            last = suffix
+            order = suffix[name_end(suffix):]
+            reads.index += 1
+            for prefix in single:
+                reads.index += 1
+                if get(prefix + order) is None:
+                    break
+            else:
+                if all(self._in_any(check, order) for check in several):
+                    yield suffix
 
     def by_name(self, after: dict[str, Any] | None) -> Iterator[str]:
         """Ids of the plan's images in ``q``'s name order, each once, strictly after the
         marker's record ``after``; those ``q`` keeps, unless the plan is residual."""
         descending = self.q.name_order == "desc"
         mark = None if after is None else name_key(after.get("name")) + order_of(after)
-        walks = [self._checked_by_name(part, descending, mark) for part in self.plan.parts]
+        # Parts that differ only in their scope (the usual case) share their checks: their
+        # streams merge first, so an image in two of them is checked once.
+        by_checks: dict[tuple[tuple[bytes, ...], ...], list[bytes]] = {}
+        for part in self.plan.parts:
+            by_checks.setdefault(part.checks, []).extend(part.streams)
+        walks = [self._checked_by_name(streams, checks, descending, mark) for checks, streams in by_checks.items()]
         merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=descending)
-        last = None
+        last = b""
         for suffix in in_list_order(merged, descending=descending, after=mark):
-            if suffix != last:  # an image in several streams comes once from each, side by side
+            if suffix != last:
                 last = suffix
-                yield split_name(suffix)[1][ORDER_TS:].decode()
+                yield suffix[name_end(suffix) + ORDER_TS:].decode()
 
     def candidates(self, before: bytes | None) -> Iterator[str]:
         """Ids of the plan's images, newest first, each once; those ``q`` keeps, unless the

@@ -42,7 +42,7 @@ from typing import Any
 
 __all__ = [
     "ORDER_TS", "term", "stream", "stream_prefix", "order_of", "pairable", "indexed", "record_terms",
-    "record_keys", "member_keys", "partition", "name_stream", "name_key", "split_name",
+    "record_keys", "member_keys", "partition", "name_stream", "name_key", "name_end", "split_name",
 ]
 
 ORDER_TS = 8  # bytes of the big-endian created_us at the start of every order
@@ -125,9 +125,14 @@ def name_key(name: object) -> bytes:
     return b"\1" + str(name).encode("utf-8", "surrogatepass").replace(b"\0", b"\0\xff") + b"\0\0"
 
 
+def name_end(suffix: bytes) -> int:
+    """Where the name key ends in a name-order stream's key after its prefix."""
+    return 1 if suffix[0] == 0 else suffix.index(b"\0\0") + 2
+
+
 def split_name(suffix: bytes) -> tuple[bytes, bytes]:
     """``(name key, order)`` of a name-order stream's key after its prefix."""
-    end = 1 if suffix[:1] == b"\0" else suffix.index(b"\0\0") + 2
+    end = name_end(suffix)
     return suffix[:end], suffix[end:]
 
 
