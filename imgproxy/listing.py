@@ -6,8 +6,10 @@ The default order (created_at desc, id desc) walks the index streams of the list
 name, owner, tags, visibility, os_hidden). A page then reads about ``limit`` index entries
 and the stored views it returns (:meth:`Registry.view`), whatever the number of images, and
 parses no record. Other filters (disk_format, size, times, properties) read and check the
-candidates' records; other sort keys read every candidate's record and keep the best page
-in a bounded heap (time grows with the number of candidates, memory with the page). Such
+candidates' records. A listing sorted by name (then the default tie-breakers) walks the
+name-order streams the same way (:meth:`imgproxy.index.Index.by_name`). Other sort keys read
+every candidate's record and keep the best page in a bounded heap (time grows with the
+number of candidates, memory with the page). Such
 listings may read many records, so the image service runs them on its bounded reader pool
 (:class:`imgproxy.db.ReaderPool`); a bounded plan (:func:`on_loop`) runs on the event loop.
 """
@@ -21,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
@@ -30,8 +32,9 @@ from .context import RequestContext
 from .errors import BadRequest
 from .listing_plan import Part, Plan, plan_listing
 from .policy import is_visible
+from .index import in_list_order
 from .registry import MEMBER_STATUSES, Registry
-from .streams import ORDER_TS, order_of
+from .streams import ORDER_TS, name_end, name_key, order_of
 
 __all__ = ["ListQuery", "Page", "Reads", "parse_query", "plan_for", "on_loop", "list_images", "DEFAULT_LIMIT",
            "MAX_LIMIT"]
@@ -64,6 +67,14 @@ class ListQuery:
     @property
     def default_order(self) -> bool:
         return self.sort[:2] == [("created_at", "desc"), ("id", "desc")]
+
+    @property
+    def name_order(self) -> str | None:
+        """"asc" or "desc" when sorted by name and then the default tie-breakers (the order
+        name-order streams hold), else None."""
+        if len(self.sort) == 3 and self.sort[0][0] == "name" and self.sort[1:] == [("created_at", "desc"), ("id", "desc")]:
+            return self.sort[0][1]
+        return None
 
 
 def _bool(key: str, raw: str) -> bool:
@@ -268,7 +279,7 @@ def plan_for(ctx: RequestContext, q: ListQuery) -> Plan:
     """The index plan of ``q`` for ``ctx`` (see :mod:`imgproxy.listing_plan`)."""
     other = q.size_min is not None or q.size_max is not None or bool(q.times)
     return plan_listing(ctx, visibility=q.visibility, member_status=q.member_status, equals=q.equals,
-                        tags=q.tags, other_filters=other)
+                        tags=q.tags, other_filters=other, by_name=q.name_order is not None)
 
 
 def on_loop(plan: Plan, q: ListQuery) -> bool:
@@ -281,10 +292,11 @@ class _Lister:
 
     def __init__(self, registry: Registry, txn: lmdb.Transaction, plan: Plan, q: ListQuery) -> None:
         self.registry, self.txn, self.plan, self.q = registry, txn, plan, q
+        self.index = registry.index
         self.reads = Reads()
 
     def _checked(self, part: Part, before: bytes | None) -> Iterator[tuple[bytes, str]]:
-        walks = [self.registry.walk(self.txn, prefix, before) for prefix in part.streams]
+        walks = [self.index.walk(self.txn, prefix, before) for prefix in part.streams]
         merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=True)
         for order, image_id in merged:
             self.reads.index += 1
@@ -294,9 +306,51 @@ class _Lister:
     def _in_any(self, prefixes: tuple[bytes, ...], order: bytes) -> bool:
         for prefix in prefixes:
             self.reads.index += 1
-            if self.registry.has(self.txn, prefix + order):
+            if self.index.has(self.txn, prefix + order):
                 return True
         return False
+
+    def _checked_by_name(self, streams: list[bytes], checks: tuple[tuple[bytes, ...], ...], descending: bool,
+                         after: bytes | None) -> Iterator[bytes]:
+        """The name-order suffixes of the union of ``streams`` that pass every check, in key order."""
+        walks = [self.index.by_name(self.txn, prefix, descending=descending, after=after) for prefix in streams]
+        merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=descending)
+        get = cast(Callable[[bytes], bytes | None], functools.partial(self.txn.get, db=self.index.db))
+        # A page's hot loop (_in_any inlined): most checks are one term, a single lookup.
+        single = [check[0] for check in checks if len(check) == 1]
+        several = [check for check in checks if len(check) > 1]
+        reads, last = self.reads, b""
+        for suffix in merged:
+            if suffix == last:  # an image in several streams comes once from each, side by side
+                continue
+            last = suffix
+            order = suffix[name_end(suffix):]
+            reads.index += 1
+            for prefix in single:
+                reads.index += 1
+                if get(prefix + order) is None:
+                    break
+            else:
+                if all(self._in_any(check, order) for check in several):
+                    yield suffix
+
+    def by_name(self, after: dict[str, Any] | None) -> Iterator[str]:
+        """Ids of the plan's images in ``q``'s name order, each once, strictly after the
+        marker's record ``after``; those ``q`` keeps, unless the plan is residual."""
+        descending = self.q.name_order == "desc"
+        mark = None if after is None else name_key(after.get("name")) + order_of(after)
+        # Parts that differ only in their scope (the usual case) share their checks: their
+        # streams merge first, so an image in two of them is checked once.
+        by_checks: dict[tuple[tuple[bytes, ...], ...], list[bytes]] = {}
+        for part in self.plan.parts:
+            by_checks.setdefault(part.checks, []).extend(part.streams)
+        walks = [self._checked_by_name(streams, checks, descending, mark) for checks, streams in by_checks.items()]
+        merged = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=descending)
+        last = b""
+        for suffix in in_list_order(merged, descending=descending, after=mark):
+            if suffix != last:
+                last = suffix
+                yield suffix[name_end(suffix) + ORDER_TS:].decode()
 
     def candidates(self, before: bytes | None) -> Iterator[str]:
         """Ids of the plan's images, newest first, each once; those ``q`` keeps, unless the
@@ -328,7 +382,7 @@ class _Lister:
         orders: set[bytes] = set()
         for part in self.plan.parts:
             for prefix in part.streams:
-                found = self.registry.newest(self.txn, prefix, before, self.q.limit)
+                found = self.index.newest(self.txn, prefix, before, self.q.limit)
                 self.reads.index += len(found)
                 orders.update(found)
         return sorted(orders, reverse=True)[:self.q.limit]
@@ -383,8 +437,9 @@ def list_images(registry: Registry, ctx: RequestContext, q: ListQuery, plan: Pla
             views = lister.views(keys)
             next_marker = keys[-1].decode() if len(keys) == q.limit else None
             return Page(views, next_marker, lister.reads)
-        if q.default_order:
-            for image_id in lister.candidates(before):
+        if q.default_order or q.name_order:
+            ordered = lister.candidates(before) if q.default_order else lister.by_name(marker_record)
+            for image_id in ordered:
                 if not plan.residual or lister.record(image_id) is not None:
                     ids.append(image_id)
                     if len(ids) >= q.limit:

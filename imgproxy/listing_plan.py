@@ -9,9 +9,13 @@ walking the streams of as many of its sets as one stream holds (:func:`imgproxy.
 up to three), the most selective first, and each remaining set is a *check*: one point
 lookup per candidate. Visibility and os_hidden are never checks: scopes and partitions hold them.
 
-A plan with no checks and no residual filter (disk_format, size, times, properties, ...:
-the engine reads records for those) is *bounded*: a page reads about ``limit`` index
-entries and views, whatever the number of images.
+A plan with no checks and no residual filter (size, times, properties, ...: the engine
+reads records for those) is *bounded*: a page reads about ``limit`` index entries and
+views, whatever the number of images.
+
+A listing sorted by name (:func:`plan_listing`'s ``by_name``) walks name-order streams
+instead: those of the conjunction's owner and visibility together, else of its most
+selective scope set, else the one of every image; every other set is a check.
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ from itertools import combinations, product
 from math import prod
 
 from .context import RequestContext
-from .streams import indexed, stream, term
+from .streams import SCOPE_KINDS, indexed, name_stream, stream, term
 
 __all__ = ["Part", "Plan", "plan_listing", "INDEXED_KEYS"]
 
 # Filters (``ListQuery.equals`` keys) the index holds, with their term kinds.
-INDEXED_KEYS = {"status": "s", "name": "n", "owner": "o"}
+INDEXED_KEYS = {"status": "s", "name": "n", "owner": "o", "disk_format": "d", "container_format": "c"}
 # Term kinds by how few images a term usually has: the first sets drive, the rest are checks.
-_RANK = {"n": 0, "t": 1, "m": 2, "o": 3, "s": 4, "v": 5}
-_SINGLE_VALUED = frozenset("ovsn")  # an image has one owner, visibility, status, name
+# Formats last: a cloud has a few, each held by many images.
+_RANK = {"n": 0, "t": 1, "m": 2, "o": 3, "s": 4, "v": 5, "d": 6, "c": 6}
+_SINGLE_VALUED = frozenset("ovsndc")  # an image has one owner, visibility, status, name, format
 _MAX_BOUNDED_STREAMS = 16
 
 TermSet = frozenset[bytes]
@@ -97,9 +102,9 @@ def _kind(terms: TermSet) -> str:
     return chr(next(iter(terms))[0])
 
 
-@lru_cache(maxsize=1024)  # callers repeat the same few listings: plan each once
-def _part(required: tuple[TermSet, ...], hidden: bool) -> Part | None:
-    """The streams and checks of one conjunction; None if nothing can match it."""
+def _sets(required: tuple[TermSet, ...]) -> list[TermSet] | None:
+    """The conjunction's term sets, one per single-valued kind, the most selective first;
+    None if nothing can match it."""
     merged: dict[str, TermSet] = {}
     multi: list[TermSet] = []
     for terms in required:
@@ -112,7 +117,32 @@ def _part(required: tuple[TermSet, ...], hidden: bool) -> Part | None:
                 return None
         elif terms not in multi:
             multi.append(terms)
-    sets = sorted([*merged.values(), *multi], key=lambda s: (_RANK[_kind(s)], len(s)))
+    return sorted([*merged.values(), *multi], key=lambda s: (_RANK[_kind(s)], len(s)))
+
+
+def _checks(sets: list[TermSet], hidden: bool) -> tuple[tuple[bytes, ...], ...]:
+    return tuple(tuple(stream((t,), hidden) for t in sorted(s)) for s in sets)
+
+
+@lru_cache(maxsize=1024)
+def _name_part(required: tuple[TermSet, ...], hidden: bool) -> Part | None:
+    """The name-order streams and the checks of one conjunction; None if nothing can match it."""
+    sets = _sets(required)
+    if sets is None:
+        return None
+    scope = {_kind(s): s for s in sets if _kind(s) in SCOPE_KINDS}
+    # An owner and a visibility share a stream; else the most selective scope set drives.
+    drive = [scope["o"], scope["v"]] if "o" in scope and "v" in scope else [s for s in sets if s in scope.values()][:1]
+    streams = tuple(name_stream(terms, hidden) for terms in product(*(sorted(s) for s in drive)))
+    return Part(streams, _checks([s for s in sets if s not in drive], hidden))
+
+
+@lru_cache(maxsize=1024)  # callers repeat the same few listings: plan each once
+def _part(required: tuple[TermSet, ...], hidden: bool) -> Part | None:
+    """The streams and checks of one conjunction; None if nothing can match it."""
+    sets = _sets(required)
+    if sets is None:
+        return None
     if not sets:
         return Part((stream((), hidden),), ())
     # The most sets one stream holds (then the most selective kinds) drive; the rest are checks.
@@ -124,18 +154,19 @@ def _part(required: tuple[TermSet, ...], hidden: bool) -> Part | None:
         key=lambda combo: (-len(combo), sum(_RANK[_kind(sets[i])] for i in combo)),
     )
     streams = tuple(stream(terms, hidden) for terms in product(*(sorted(sets[i]) for i in drive)))
-    checks = tuple(tuple(stream((t,), hidden) for t in sorted(s)) for i, s in enumerate(sets) if i not in drive)
-    return Part(streams, checks)
+    return Part(streams, _checks([s for i, s in enumerate(sets) if i not in drive], hidden))
 
 
 def plan_listing(ctx: RequestContext, *, visibility: str | None, member_status: tuple[str, ...],
-                 equals: dict[str, set[object]], tags: list[str], other_filters: bool) -> Plan:
+                 equals: dict[str, set[object]], tags: list[str], other_filters: bool, by_name: bool = False) -> Plan:
     """The plan of a listing. ``equals`` holds exact filters (sets of allowed values);
-    ``other_filters`` says some filter outside ``equals`` and the index is present."""
+    ``other_filters`` says some filter outside ``equals`` and the index is present;
+    ``by_name``: the plan walks name-order streams (a listing sorted by name)."""
     hidden = equals.get("os_hidden") == {True}
     filters = [frozenset(term(kind, str(v)) for v in equals[key]) for key, kind in INDEXED_KEYS.items()
                if key in equals]
     filters += [_one("t", tag) for tag in tags]
     residual = other_filters or any(key not in INDEXED_KEYS and key != "os_hidden" for key in equals)
-    parts = [p for scope in _scopes(ctx, visibility, member_status) if (p := _part((*scope, *filters), hidden))]
+    make = _name_part if by_name else _part
+    parts = [p for scope in _scopes(ctx, visibility, member_status) if (p := make((*scope, *filters), hidden))]
     return Plan(tuple(parts), residual)

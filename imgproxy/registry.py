@@ -9,7 +9,8 @@ Layout (named databases of the service's one environment):
   that decide who may see it. Show and list send these bytes without parsing the record.
 - ``idx``: index keys -> ``b""``, the streams of :mod:`imgproxy.streams`: each holds exactly
   the images with its terms (owner, visibility, status, name, tag, membership, and pairs of
-  them), newest first, so a listing reads only what it returns.
+  them), newest first, and the name-order streams of listings sorted by name, so a listing
+  reads only what it returns (walked by :class:`imgproxy.index.Index`).
 - ``members``: ``<image id>\\0<member>`` -> member JSON.
 - ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
 - ``delete_journal``: image id -> ``{"locations": [{"url", "store"}, ...], "not_before": us}``
@@ -37,8 +38,6 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from itertools import islice, takewhile
-from operator import methodcaller
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -50,8 +49,9 @@ from . import policy
 from .owners import current_owner, owner_alive
 from .context import RequestContext
 from .errors import Conflict, Forbidden, NotFound
+from .index import Index
 from .status import check_transition
-from .streams import ORDER_TS, member_keys, record_keys, stream_prefix
+from .streams import member_keys, record_keys, stream_prefix
 from .views import image_json
 
 __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
@@ -60,7 +60,7 @@ __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUS
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
 # The version of the views and index layout; a different one is rebuilt by ``upgrade``.
-LAYOUT = b"2"
+LAYOUT = b"3"
 _UPGRADE_BATCH = 2000  # records per upgrade transaction (a bounded dirty set)
 
 
@@ -131,7 +131,8 @@ class Registry:
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
         self._images = env.open_db(b"images")
-        self._idx = env.open_db(b"idx")
+        self.index = Index(env)
+        self._idx = self.index.db
         self._members = env.open_db(b"members")
         self._deleted = env.open_db(b"deleted")
         self._passes = env.open_db(b"location_passes")
@@ -153,36 +154,9 @@ class Registry:
         raw = cast(bytes | None, txn.get(_member_key(image_id, member), db=self._members))
         return None if raw is None else str(json.loads(raw)["status"])
 
-    def _newest_keys(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None) -> Iterator[bytes]:
-        """Keys of one stream, newest first (strictly after ``before`` when given)."""
-        cursor = txn.cursor(db=self._idx)
-        start = prefix + before if before is not None else _successor(prefix)
-        if start is None or not cursor.set_range(start):
-            if not cursor.last():
-                return iter(())
-        elif cast(bytes, cursor.key()) >= start:
-            if not cursor.prev():
-                return iter(())
-        # C-level iteration: a page of a stream costs no Python per key but the slice.
-        # (Keys are bytes: the registry's transactions are begun with buffers=False.)
-        keys = cast(Iterator[bytes], cursor.iterprev(keys=True, values=False))
-        return takewhile(methodcaller("startswith", prefix), keys)
-
     def walk(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None = None) -> Iterator[tuple[bytes, str]]:
-        """Yield ``(order, image_id)`` of one stream, newest first.
-
-        ``order`` is ``<created_us BE><id>``; with ``before``, start strictly after it in
-        descending order (the marker's position). Valid while ``txn`` is open.
-        """
-        plen = len(prefix)
-        for key in self._newest_keys(txn, prefix, before):
-            order = key[plen:]
-            yield order, order[ORDER_TS:].decode()
-
-    def newest(self, txn: lmdb.Transaction, prefix: bytes, before: bytes | None, n: int) -> list[bytes]:
-        """The orders of the first ``n`` images of a stream (as :meth:`walk`, at once)."""
-        plen = len(prefix)
-        return [key[plen:] for key in islice(self._newest_keys(txn, prefix, before), n)]
+        """``(order, image_id)`` of one stream, newest first (see :meth:`Index.walk`)."""
+        return self.index.walk(txn, prefix, before)
 
     def views(self, txn: lmdb.Transaction, ids: Iterable[bytes]) -> list[bytes]:
         """The stored view JSON of each image of ``ids`` (encoded ids) that exists, in order."""
@@ -190,10 +164,6 @@ class Registry:
         found = map(get, ids)
         # A page's hot loop: the header skipped inline (see _view_start).
         return [raw[2 + (raw[0] << 8 | raw[1]):] for raw in found if raw is not None]
-
-    def has(self, txn: lmdb.Transaction, key: bytes) -> bool:
-        """Whether the index holds ``key`` (a stream prefix and an order)."""
-        return txn.get(key, db=self._idx) is not None
 
     def _keys(self, record: dict[str, Any], members: list[dict[str, Any]]) -> set[bytes]:
         if record.get("status") == "pending_delete":
@@ -203,19 +173,13 @@ class Registry:
             keys |= member_keys(record, member)
         return keys
 
-    def _reindex(self, txn: lmdb.Transaction, old_keys: set[bytes], new_keys: set[bytes]) -> None:
-        for key in old_keys - new_keys:
-            txn.delete(key, db=self._idx)
-        for key in new_keys - old_keys:
-            txn.put(key, b"", db=self._idx)
-
     def _write(self, txn: lmdb.Transaction, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """Store ``new`` (or delete ``old`` when ``new`` is None), keeping its view and its
         index entries (its memberships' too) in step."""
         members = self._member_rows(txn, old["id"]) if old is not None else []
         old_keys = self._keys(old, members) if old is not None else set()
         new_keys = self._keys(new, members) if new is not None else set()
-        self._reindex(txn, old_keys, new_keys)
+        self.index.reindex(txn, old_keys, new_keys)
         if new is not None:
             txn.put(new["id"].encode(), _dumps(new), db=self._images)
             txn.put(new["id"].encode(), _stored_view(new), db=self._views)
@@ -709,12 +673,12 @@ class Registry:
         return rows
 
     def _drop_member(self, txn: lmdb.Transaction, record: dict[str, Any], member: dict[str, Any]) -> None:
-        self._reindex(txn, member_keys(record, member), set())
+        self.index.reindex(txn, member_keys(record, member), set())
         txn.delete(_member_key(record["id"], member["member_id"]), db=self._members)
 
     def _put_member(self, txn: lmdb.Transaction, record: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         # The image's view does not show memberships: only their index entries change.
-        self._reindex(txn, member_keys(record, old) if old is not None else set(), member_keys(record, new))
+        self.index.reindex(txn, member_keys(record, old) if old is not None else set(), member_keys(record, new))
         txn.put(_member_key(record["id"], new["member_id"]), _dumps(new), db=self._members)
 
     def list_members(self, image_id: str) -> list[dict[str, Any]]:
@@ -765,10 +729,3 @@ class Registry:
                 raise NotFound(f"{member} is not a member of image {image_id}")
             self._drop_member(txn, record, json.loads(bytes(raw)))
 
-
-def _successor(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix`` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])

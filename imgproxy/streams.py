@@ -10,7 +10,9 @@ An index key is ``<partition><n><term>*<order>``:
 - a term is a kind letter and the 16-byte BLAKE2b of a value: ``o`` owner, ``v``
   visibility, ``s`` status, ``n`` name, ``t`` a tag, ``m`` a membership
   (``<member>\\0<member status>``, only while the image is ``shared``, so a member's stream
-  holds exactly the images the membership makes visible). A 128-bit cryptographic hash
+  holds exactly the images the membership makes visible), ``d`` disk format, ``c``
+  container format (these two have one-term streams only: listings check them, see
+  :func:`pairable`). A 128-bit cryptographic hash
   makes two values with one term out of reach, so a stream holds exactly the images with
   its terms and a listing trusts it without reading records;
 - ``order`` is ``<created_us 8-byte BE><id>``: walking a stream backwards yields the default
@@ -21,7 +23,14 @@ per *pair* of a scope term (owner, visibility, membership: the parts a caller's 
 the union of) with a term of another kind (status, name, tag, owner, visibility), and one
 per owner-visibility-(status|name|tag) *triple*; so "my images with this tag", "public
 images named X" or "my private images with this tag" is one stream (:func:`indexed`).
-With T tags and M memberships an image has ``12 + 4T + M(4 + T)`` keys.
+With T tags and M memberships an image has ``12 + 4T + M(4 + T)`` keys, plus one per format
+it has.
+
+A listing sorted by name walks a *name-order* stream instead: ``N<stream prefix><name
+key><order>`` (:func:`name_stream`, :func:`name_key`), one for every image of its partition,
+one per scope term (owner, visibility, membership) and one per owner-visibility pair; with
+those, two to four more keys an image, and one more a membership. Filters on other terms are point lookups of the image's
+order in their created-order streams.
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ from typing import Any
 
 __all__ = [
     "ORDER_TS", "term", "stream", "stream_prefix", "order_of", "pairable", "indexed", "record_terms",
-    "record_keys", "member_keys", "partition",
+    "record_keys", "member_keys", "partition", "name_stream", "name_key", "name_end", "split_name",
 ]
 
 ORDER_TS = 8  # bytes of the big-endian created_us at the start of every order
 SCOPE_KINDS = frozenset("omv")
+CHECK_KINDS = frozenset("dc")  # terms with one-term streams only
+NAME_ORDER = b"N"
 
 
 @lru_cache(maxsize=4096)  # listings ask for the same few terms (a caller's project, "public") again and again
@@ -66,6 +77,8 @@ def stream_prefix(kind: str, value: str | None = None, *, hidden: bool = False) 
 
 def pairable(a: str, b: str) -> bool:
     """Whether images have a two-term stream of kinds ``a`` and ``b``."""
+    if a in CHECK_KINDS or b in CHECK_KINDS:
+        return False
     return a != b and (a in SCOPE_KINDS or b in SCOPE_KINDS) and {a, b} != {"m", "v"}
 
 
@@ -91,7 +104,41 @@ def record_terms(record: Mapping[str, Any]) -> list[bytes]:
     if record.get("name") is not None:
         terms.append(term("n", str(record["name"])))
     terms += {term("t", str(tag)) for tag in record.get("tags") or ()}
+    terms += [term(kind, str(record[key])) for key, kind in (("disk_format", "d"), ("container_format", "c"))
+              if record.get(key) is not None]
     return terms
+
+
+def name_stream(terms: Sequence[bytes], hidden: bool = False) -> bytes:
+    """The key prefix of the name-order stream of images having every one of ``terms``: none,
+    one scope term, or an owner and a visibility."""
+    return NAME_ORDER + stream(terms, hidden)
+
+
+def name_key(name: object) -> bytes:
+    """A name as it sorts (Glance's: null first, then by code point), self-delimiting:
+    ``\\0`` for null, else ``\\1``, the UTF-8 with each NUL as ``\\0\\xff``, and ``\\0\\0``
+    (UTF-8 has no 0xff byte, so the first ``\\0\\0`` ends the name; a shorter name sorts
+    first)."""
+    if name is None:
+        return b"\0"
+    return b"\1" + str(name).encode("utf-8", "surrogatepass").replace(b"\0", b"\0\xff") + b"\0\0"
+
+
+def name_end(suffix: bytes) -> int:
+    """Where the name key ends in a name-order stream's key after its prefix."""
+    return 1 if suffix[0] == 0 else suffix.index(b"\0\0") + 2
+
+
+def split_name(suffix: bytes) -> tuple[bytes, bytes]:
+    """``(name key, order)`` of a name-order stream's key after its prefix."""
+    end = name_end(suffix)
+    return suffix[:end], suffix[end:]
+
+
+def _name_keys(record: Mapping[str, Any], groups: Iterable[tuple[bytes, ...]], hidden: bool, order: bytes) -> set[bytes]:
+    suffix = name_key(record.get("name")) + order
+    return {name_stream(group, hidden) + suffix for group in groups}
 
 
 def _keys(terms: Iterable[bytes], groups: Iterable[tuple[bytes, ...]], hidden: bool, order: bytes) -> set[bytes]:
@@ -107,7 +154,9 @@ def record_keys(record: Mapping[str, Any]) -> set[bytes]:
     owner = [t for t in terms if t[:1] == b"o"]
     vis = terms[0]  # record_terms puts the visibility first
     triples = [(vis, owner[0], t) for t in terms if owner and t[:1] in (b"s", b"n", b"t")]
-    return _keys(terms, [*pairs, *triples], hidden, order) | {stream((), hidden) + order}
+    scope = [(), *((t,) for t in terms if chr(t[0]) in SCOPE_KINDS), *((vis, o) for o in owner)]
+    names = _name_keys(record, scope, hidden, order)
+    return _keys(terms, [*pairs, *triples], hidden, order) | {stream((), hidden) + order} | names
 
 
 def member_keys(record: Mapping[str, Any], member: Mapping[str, Any]) -> set[bytes]:
@@ -116,4 +165,5 @@ def member_keys(record: Mapping[str, Any], member: Mapping[str, Any]) -> set[byt
         return set()
     mterm = term("m", f"{member['member_id']}\0{member['status']}")
     others = [t for t in record_terms(record) if pairable("m", chr(t[0]))]
-    return _keys([mterm], [(mterm, t) for t in others], bool(record.get("os_hidden")), order_of(record))
+    hidden, order = bool(record.get("os_hidden")), order_of(record)
+    return _keys([mterm], [(mterm, t) for t in others], hidden, order) | _name_keys(record, [(mterm,)], hidden, order)

@@ -128,3 +128,31 @@ def test_json_log_lines(server_factory: Callable[..., ServerProcess]) -> None:
             json.loads(line)
         else:
             assert line.startswith("imgproxy: "), line  # the CLI's own prints (the admin token)
+
+
+def test_image_show_answers_logs_and_counts_as_its_route(server: ServerProcess, admin: httpx.Client,
+                                                        client_for: Callable[..., httpx.Client]) -> None:
+    # Image show is answered before the router (from the stored view): what a client sees,
+    # the request line and the metrics are those of the route that HEAD still goes through.
+    created = admin.post("/v2/images", json={"name": "show-path", "visibility": "private"})
+    image_id = created.json()["id"]
+    rid = f"req-show-{time.time_ns()}"
+    shown = admin.get(f"/v2.1/images/{image_id.upper()}", headers={"X-Openstack-Request-Id": rid})
+    head = admin.head(f"/v2/images/{image_id}")
+    assert shown.status_code == head.status_code == 200
+    assert shown.json() == admin.get(f"/v2/images/{image_id}").json() and shown.json()["id"] == image_id
+    for name in ("content-type", "content-length"):
+        assert shown.headers[name] == head.headers[name]
+    assert shown.headers["x-openstack-request-id"] == rid
+    fields = _fields(_access_lines(server, rid)[0])
+    assert fields["route"] == "/v2/images/{image_id}" and fields["status"] == "200"
+    assert int(fields["bytes"]) == len(shown.content) and fields["path"] == f"/v2/images/{image_id.upper()}"
+    # Another project's private image is not found, never forbidden; no token, 401.
+    other = client_for("show-path-other", "member")
+    hidden = other.get(f"/v2/images/{image_id}", headers={"X-Openstack-Request-Id": rid + "-other"})
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == 404
+    assert _fields(_access_lines(server, rid + "-other")[0])["route"] == "/v2/images/{image_id}"
+    assert httpx.get(f"{server.url}/v2/images/{image_id}").status_code == 401
+    scrape = admin.get("/metrics").text
+    assert re.search(r'imgproxy_request_duration_seconds_count\{method="GET",route="/v2/images/\{image_id\}",'
+                     r'status="404"\} [1-9]', scrape), scrape[:2000]

@@ -50,6 +50,7 @@ async def index_images(request: Request) -> Response:
 
 
 async def show_image(request: Request) -> Response:
+    # GET is answered before the router (imgproxy.app.ApiMiddleware._show), alike; HEAD comes here.
     view = await service_of(request).images.records.show(caller(request), path_image_id(request))
     return Response(view, media_type="application/json")
 

@@ -22,6 +22,7 @@ the type of each body piece tells a hit from a fill at the cost of one check per
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -51,13 +52,27 @@ log = logging.getLogger("imgproxy")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == _HEADER_KEY:
-            if _CLIENT_ID.fullmatch(value):
-                return bytes(value).decode()
-            break
-    return f"req-{uuid.uuid4()}"
+class _RequestIds:
+    """``req-<uuid4>`` ids from random bytes drawn a few KiB at a time (one system call per
+    256 ids, not one each). Not thread-safe: the event loop's only."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+
+    def new(self) -> str:
+        if not self._pool:
+            self._pool = os.urandom(4096)
+        raw, self._pool = self._pool[:16], self._pool[16:]
+        return f"req-{uuid.UUID(bytes=raw, version=4)}"
+
+    def of(self, scope: Scope) -> str:
+        """The client's id when it sent a sane one, else a new one."""
+        for name, value in scope["headers"]:
+            if name == _HEADER_KEY:
+                if _CLIENT_ID.fullmatch(value):
+                    return bytes(value).decode()
+                break
+        return self.new()
 
 
 def strip_minor_version(path: str) -> str:
@@ -109,6 +124,10 @@ class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, edge: bool = False) -> None:
         self.app = app
         self.unmatched = "(proxied)" if edge else "(unmatched)"
+        self._ids = _RequestIds()
+        # (metrics, method, route, status) -> the histogram's child: labels() takes a lock
+        # and builds a key each call; the combinations are few (methods x routes x statuses).
+        self._observers: dict[tuple[Any, str, str, str], Any] = {}
 
     def _route(self, scope: Scope, child: Scope) -> str:
         route = child.get("route")
@@ -125,7 +144,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = self._ids.of(scope)
         token = REQUEST_ID.set(request_id)
         header = (REQUEST_ID_HEADER.encode(), request_id.encode())
         path = strip_minor_version(scope["path"])
@@ -184,7 +203,11 @@ class AccessMiddleware:
         if metrics is not None:
             status = str(ex.status or 499)  # 499: the client went before any answer (nginx's word)
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            metrics.requests.labels(method, route, status).observe(duration)
+            key = (metrics, method, route, status)
+            observer = self._observers.get(key)
+            if observer is None:
+                observer = self._observers[key] = metrics.requests.labels(method, route, status)
+            observer.observe(duration)
             if outcome != "-":
                 ex.count(metrics)
                 metrics.reads.labels(outcome).inc()
@@ -193,4 +216,8 @@ class AccessMiddleware:
             fields: dict[str, Any] = {"method": scope["method"], "route": route, "path": path,
                                       "status": ex.status or 499, "bytes": ex.bytes,
                                       "duration_s": round(duration, 6), "cache": outcome}
-            access_log.info("%s %s %s", scope["method"], path, ex.status, extra={"access": fields})
+            # Logger.info would walk the stack for the caller's file and line, which no
+            # request line shows.
+            access_log.handle(access_log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "%s %s %s",
+                                                    (scope["method"], path, ex.status), None,
+                                                    extra={"access": fields}))
