@@ -182,7 +182,12 @@ def run_tempest(out: Path, work: Path, *, systems: Sequence[str] = ("imgproxy", 
                 system: ImgproxySystem | GlanceSystem = ImgproxySystem(work / "imgproxy", config={
                     "auth": "keystone", "keystone_url": keystone.url, "keystone_user": SERVICE_USER,
                     "keystone_password": SERVICE_PASSWORD, "keystone_project": "service",
-                    "cache_max_size": 1 << 30, "prefetch_interval": 1})
+                    "cache_max_size": 1 << 30, "prefetch_interval": 1,
+                    # Glance's setup: a file store and, apart from it, the image cache that
+                    # ``PUT /v2/cache`` fills. imgproxy's default reads a local file store in
+                    # place and never copies it into the cache, so a queued image would never
+                    # be listed as cached (tempest's image caching cycle waits for that).
+                    "file": {"in_place": False}})
             elif name == "glance":
                 system = GlanceSystem(work / "glance", processes=2, cache_max_size=1 << 30, keystone=credentials)
             else:
