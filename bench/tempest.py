@@ -209,7 +209,9 @@ def run_tempest(out: Path, work: Path, *, systems: Sequence[str] = ("imgproxy", 
                     # be listed as cached (tempest's image caching cycle waits for that).
                     "file": {"in_place": False}})
             elif name == "glance":
-                system = GlanceSystem(work / "glance", processes=2, cache_max_size=1 << 30, keystone=credentials)
+                # One process, as imgproxy runs: two share Glance's sqlite database, and writes of
+                # tempest's parallel workers then fail with "database is locked" (500s).
+                system = GlanceSystem(work / "glance", processes=1, cache_max_size=1 << 30, keystone=credentials)
             else:
                 raise SystemExit(f"unknown system {name!r}: imgproxy or glance")
             started.append(system.start())
