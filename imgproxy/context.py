@@ -7,7 +7,7 @@ from dataclasses import dataclass
 __all__ = ["RequestContext", "ROLES"]
 
 # Glance's default roles; ``service`` is what its ``service_api`` rule asks of
-# service-to-service calls (Nova, Cinder), granted by a service token with that role.
+# service-to-service calls (Nova, Cinder): a token of a user with that role.
 ROLES = ("reader", "member", "admin", "service")
 
 
@@ -19,11 +19,15 @@ class RequestContext:
     A reader may only read; a member may create and change its project's images;
     an admin may do anything to any image; ``service`` opens the calls Glance keeps
     for other services (its ``service_api`` rule: ``role:service or role:admin``).
+    ``service_roles`` are those of the service token sent along (``X-Service-Token``):
+    as in Glance (oslo.policy's ``role:`` checks read the user's roles only), they open
+    no policy, only what Glance opens for them (see :func:`imgproxy.policy.check_add_location`).
     """
 
     project_id: str
     roles: frozenset[str]
     user_id: str = ""
+    service_roles: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:

@@ -25,7 +25,7 @@ from .attrs import BASE
 from .errors import Conflict, Gone, NotFound
 from .owners import current_owner, owner_alive
 from .registry import Registry
-from .tasks import RUNNING, TaskTable
+from .tasks import RUNNING, TaskTable, run_input
 
 __all__ = ["ImportRecords", "LOCK", "IMPORTING", "FAILED", "STAGE_HOST", "merge_list"]
 
@@ -130,7 +130,7 @@ class ImportRecords:
                     self.tasks.put(txn, dict(holder, status="failure",
                                              message="Interrupted: the process running it stopped."))
             new = dict(old, **{LOCK: task["id"]})
-            if task["input"]["import_req"]["method"]["name"] != "copy-image":
+            if run_input(task)["import_req"]["method"]["name"] != "copy-image":
                 new["status"] = "importing"
             merge_list(new, IMPORTING, add=stores)
             merge_list(new, FAILED, remove=stores)

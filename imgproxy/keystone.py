@@ -8,9 +8,10 @@ token stops working within that time and a boot storm with one token asks Keysto
 
 - A 404 from Keystone: the token is invalid, expired or revoked: 401 to the client with
   ``WWW-Authenticate: Keystone uri="<keystone_url>"``.
-- A service token must be valid too (401 otherwise); when it carries the ``service`` role
-  the context gains ``service`` (Glance's ``service_api``) and the user token may have
-  expired (``allow_expired``: Nova's long operations outlive the user's token).
+- A service token must be valid too (401 otherwise); its roles become the context's
+  ``service_roles`` (not the caller's roles: Glance's policies read the user's), and when
+  they hold ``service`` the user token may have expired (``allow_expired``: Nova's long
+  operations outlive the user's token).
 - Keystone unreachable, or refusing the service's own credentials: 503.
 - Roles are the token's (Keystone expands implied roles: admin -> member -> reader);
   those Glance's defaults know are kept. Tokens of application credentials with access
@@ -211,23 +212,25 @@ class KeystoneAuth:
         token = headers.get("x-auth-token", "").strip()
         if not token:
             return None
-        service = False
+        service_roles: frozenset[str] = frozenset()
         service_token = headers.get("x-service-token", "").strip()
         if service_token:
             sender = await self.identity(service_token)
             if sender is None:
                 return None  # keystonemiddleware refuses a request whose service token is invalid
-            service = "service" in sender.roles
+            service_roles = frozenset(role for role in sender.roles if role in ROLES)
+        service = "service" in service_roles
         # Only a service (a token with the service role alongside) may act on an expired user token.
         user = await self.identity(token, allow_expired=service)
         if user is None:
             return None
         if user.project_id is None:
             raise Forbidden("This service needs a project-scoped token (this one is domain- or system-scoped).")
-        roles = frozenset(role for role in user.roles if role in ROLES) | ({"service"} if service else frozenset())
+        roles = frozenset(role for role in user.roles if role in ROLES)
         if not roles:
             raise Forbidden(f"The token has none of the roles this service knows ({', '.join(ROLES)}).")
-        return RequestContext(project_id=user.project_id, roles=roles, user_id=user.user_id)
+        return RequestContext(project_id=user.project_id, roles=roles, user_id=user.user_id,
+                              service_roles=service_roles)
 
     async def identity(self, token: str, *, allow_expired: bool = False) -> Identity | None:
         """What Keystone says of ``token`` (cached), or None when it is not valid."""

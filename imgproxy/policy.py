@@ -14,7 +14,7 @@ from .errors import Forbidden
 
 __all__ = [
     "VISIBILITIES", "is_owner", "is_visible", "may_modify", "check_download", "check_modify", "check_write_role",
-    "check_service", "check_admin",
+    "check_service", "check_admin", "check_add_location",
 ]
 
 VISIBILITIES = ("public", "private", "shared", "community")
@@ -67,7 +67,8 @@ def check_modify(ctx: RequestContext, record: Mapping[str, Any]) -> None:
 
 def check_service(ctx: RequestContext, what: str) -> None:
     """Raise Forbidden unless ``ctx`` passes Glance's ``service_api`` (``role:service or
-    role:admin``): calls kept for other services, such as Nova's and Cinder's locations calls."""
+    role:admin`` of the caller's own token; a service token sent along does not count):
+    calls kept for other services, such as ``fetch_image_location``."""
     if not ctx.is_service:
         raise Forbidden(f"Only administrators and services may {what}.")
 
@@ -77,3 +78,15 @@ def check_admin(ctx: RequestContext, what: str) -> None:
     ``delete_image_location``)."""
     if not ctx.is_admin:
         raise Forbidden(f"Only administrators may {what}.")
+
+
+def check_add_location(ctx: RequestContext, record: Mapping[str, Any]) -> None:
+    """Raise Forbidden unless ``ctx`` may add a location to ``record``: Glance's
+    ``add_image_location`` (``service_api``, or a member of the owning project), where a
+    member must also send a service token with the ``service`` role (Nova's and Cinder's
+    way). Glance lets a member alone add an http location when an http store is enabled;
+    this service keeps adding locations to trusted callers."""
+    if ctx.is_service:
+        return
+    if not ("service" in ctx.service_roles and "member" in ctx.roles and is_owner(ctx, record)):
+        raise Forbidden("Only administrators and services may add image locations.")

@@ -27,8 +27,8 @@ from cache.txn import write_txn
 
 from .registry import format_time
 
-__all__ = ["TaskTable", "TASK_STATUSES", "TASK_TTL", "RUNNING", "new_task", "format_task_time", "task_view",
-           "task_stub", "image_task_view"]
+__all__ = ["TaskTable", "TASK_STATUSES", "TASK_TTL", "RUNNING", "new_task", "run_input", "format_task_time",
+           "task_view", "task_stub", "image_task_view"]
 
 TASK_STATUSES = ("pending", "processing", "success", "failure")
 RUNNING = frozenset({"pending", "processing"})
@@ -44,14 +44,17 @@ def format_task_time(us: int | None) -> str | None:
 
 
 def new_task(task_id: str, *, image_id: str, owner: str | None, user_id: str | None, request_id: str,
-             task_input: dict[str, Any], runner: str) -> dict[str, Any]:
-    """A pending ``api_image_import`` task record."""
+             task_input: dict[str, Any], runner: str, shown_input: dict[str, Any] | None = None,
+             kind: str = "api_image_import") -> dict[str, Any]:
+    """A pending import task record. ``task_input`` is what the import runs on (``image_id``,
+    ``import_req``, ``backend``); ``shown_input``, when given, is the ``input`` the task API
+    shows instead (a legacy ``import`` task shows the input its creator sent)."""
     now = time.time_ns() // 1000
-    return {
+    task: dict[str, Any] = {
         "id": task_id,
-        "type": "api_image_import",
+        "type": kind,
         "status": "pending",
-        "input": task_input,
+        "input": task_input if shown_input is None else shown_input,
         "result": None,
         "owner": owner,
         "message": "",
@@ -63,6 +66,14 @@ def new_task(task_id: str, *, image_id: str, owner: str | None, user_id: str | N
         "_expires_us": None,
         "_runner": runner,
     }
+    if shown_input is not None:
+        task["_run"] = task_input
+    return task
+
+
+def run_input(task: dict[str, Any]) -> dict[str, Any]:
+    """What an import task runs on (see :func:`new_task`)."""
+    return cast(dict[str, Any], task.get("_run") or task["input"])
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:

@@ -85,3 +85,20 @@ def test_default_list_leaves_out_other_projects_community_images(both: dict[str,
 def test_noauth_without_a_project_creates_images_with_no_owner(both: dict[str, httpx.Client]) -> None:
     owners = {name: c.post("/v2/images", json={"name": "o"}).json()["owner"] for name, c in both.items()}
     assert owners == {"glance": None, "imgproxy": None}
+
+
+_LEGACY_INPUT = {"import_from_format": "qcow2",
+                 "image_properties": {"name": "t", "disk_format": "qcow2", "container_format": "bare"}}
+
+
+@pytest.mark.parametrize("body", [
+    # tempest's test_task_create_fake_image_location: a host that does not resolve
+    {"type": "import", "input": {"import_from": "http://dummy-img-file-b7c1.qcow2", **_LEGACY_INPUT}},
+    {"type": "import", "input": {"import_from": "file:///etc/passwd", **_LEGACY_INPUT}},
+    {"type": "import", "input": {"import_from": "ftp://example.com/x.qcow2", **_LEGACY_INPUT}},
+    {"type": "import"}, {"input": {}}, {"type": "bogus", "input": {}}, {"type": "import", "input": "x"},
+], ids=["unresolvable-host", "file", "ftp", "no-input", "no-type", "bad-type", "input-not-object"])
+def test_a_legacy_import_task_glance_refuses_at_once_is_400(both: dict[str, httpx.Client],
+                                                            body: dict[str, object]) -> None:
+    codes = {name: c.post("/v2/tasks", json=body).status_code for name, c in both.items()}
+    assert codes == {"glance": 400, "imgproxy": 400}

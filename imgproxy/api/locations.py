@@ -1,7 +1,7 @@
 """Glance's locations API (Image API v2.17+): ``POST``/``GET /v2/images/{image_id}/locations``.
 
 ``POST`` answers 202 at once; the workflow is :mod:`imgproxy.images.locations`. Both
-calls are for admins only. Locations stay hidden from the image JSON (Glance's default
+calls are for admins and services. Locations stay hidden from the image JSON (Glance's default
 ``show_multiple_locations = False``).
 """
 
@@ -25,7 +25,7 @@ async def add_location(request: Request) -> Response:
 
 
 async def get_locations(request: Request) -> Response:
-    """``GET /v2/images/{image_id}/locations``: 200 ``[{"url", "metadata"}]``, admins only."""
+    """``GET /v2/images/{image_id}/locations``: 200 ``[{"url", "metadata"}]``, admins and services."""
     return json_response(await service_of(request).images.locations.list(caller(request), path_image_id(request)))
 
 

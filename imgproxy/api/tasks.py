@@ -1,5 +1,6 @@
-"""The tasks API (``GET /v2/tasks``, ``GET /v2/tasks/{id}``; admins only, as in Glance) and its schemas
-(served under ``/v2/schemas`` by :mod:`imgproxy.api.info`)."""
+"""The tasks API (``POST /v2/tasks``, ``GET /v2/tasks``, ``GET /v2/tasks/{id}``; admins only, as in
+Glance) and its schemas (served under ``/v2/schemas`` by :mod:`imgproxy.api.info`). Creating a task
+is Glance's legacy ``import`` (:mod:`imgproxy.images.legacy_tasks`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import BadRequest
 from ..tasks import TASK_STATUSES, task_stub, task_view
+from .bodies import json_body
 from .common import caller, json_response, service_of
 
 __all__ = ["routes", "task_schema", "tasks_schema"]
@@ -106,7 +108,15 @@ async def show_task(request: Request) -> Response:
     return json_response(task_view(task))
 
 
+async def create_task(request: Request) -> Response:
+    """``POST /v2/tasks``: 201 with the pending task and its ``Location``, as Glance answers."""
+    task = await service_of(request).images.legacy_tasks.create(caller(request), json_body(request),
+                                                                request.headers.get("x-auth-token"))
+    return json_response(task_view(task), status_code=201, headers={"Location": f"/v2/tasks/{task['id']}"})
+
+
 routes: list[BaseRoute] = [
+    Route("/v2/tasks", create_task, methods=["POST"]),
     Route("/v2/tasks", list_tasks, methods=["GET"]),
     Route("/v2/tasks/{task_id}", show_task, methods=["GET"]),
 ]

@@ -15,6 +15,7 @@ from .deletes import Deletes
 from .downloads import PIECE_SIZE, Download, Downloads, FileSlice, Piece
 from .errors import ImageDataError
 from .imports import Imports
+from .legacy_tasks import LegacyTasks
 from .locations import ImageLocations
 from .members import ImageMembers
 from .records import BodyReader, ImageRecords
@@ -41,6 +42,7 @@ __all__ = [
     "ImageStores",
     "Imports",
     "Images",
+    "LegacyTasks",
     "Uploads",
 ]
 
@@ -58,3 +60,4 @@ class Images:
         self.cache = CacheAdmin(service)
         self.stores = ImageStores(service)
         self.imports = Imports(service)
+        self.legacy_tasks = LegacyTasks(service)

@@ -32,6 +32,7 @@ from cache import OS_HASH_ALGO, CacheError
 from ..errors import ApiError
 from ..import_records import LOCK
 from ..sources import resolve_source
+from ..tasks import run_input
 from ..webfetch import WebDownloadError, open_web_download
 from .remote_glance import RemoteGlance, RemoteGlanceError
 from ..formats import FormatRefused
@@ -99,9 +100,9 @@ class ImportRunner:
     async def _run(self, task: dict[str, Any], token: str | None) -> None:
         imports, write = self._i, self._s.writer.run
         image_id, task_id = task["image_id"], task["id"]
-        request = task["input"]["import_req"]
+        request = run_input(task)["import_req"]
         method = request["method"]["name"]
-        stores: list[str] = list(task["input"]["backend"])
+        stores: list[str] = list(run_input(task)["backend"])
         written: list[tuple[WriteBackend, str]] = []  # this run's data, removed if it fails
         revert: dict[str, Any] = {}
         try:
@@ -134,7 +135,7 @@ class ImportRunner:
             except BackendError:
                 log.warning("could not delete %s, written by failed import %s", location, task["id"], exc_info=True)
         record = await self._s.writer.run(lambda: self._i.records.fail(
-            image_id, task["id"], message, list(task["input"]["backend"]), revert=revert,
+            image_id, task["id"], message, list(run_input(task)["backend"]), revert=revert,
             drop=[location for _, location in written]))
         if record is not None and record.get("status") == "queued":
             await self._s.writer.run(self._s.cache.forget_image, image_id)  # a manifest it may have recorded
@@ -148,7 +149,7 @@ class ImportRunner:
         record = self._s.registry.get(image_id) or {}
         kept = set() if record.get("status") == "importing" else {
             str(loc.get("url")) for loc in record.get("_locations") or []}
-        for name in task["input"]["backend"]:
+        for name in run_input(task)["backend"]:
             store = self._i.stores.writer(name)
             if store is None or record.get(LOCK) != task["id"] or store.location_for(image_id) in kept:
                 continue
@@ -160,7 +161,7 @@ class ImportRunner:
                 return
         await self._s.writer.run(lambda: self._i.records.fail(
             image_id, task["id"], "Interrupted: the process running the import stopped.",
-            list(task["input"]["backend"])))
+            list(run_input(task)["backend"])))
         await asyncio.to_thread(self._i.staging.remove, image_id)
 
     # ---- sources ----------------------------------------------------------------------

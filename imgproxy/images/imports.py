@@ -143,16 +143,20 @@ class Imports:
     # ---- import -----------------------------------------------------------------------
 
     async def start(self, ctx: RequestContext, image_id: str, body: BodyReader, headers: Mapping[str, str],
-                    token: str | None) -> None:
-        """Check an import request and start it in the background (the route answers 202).
+                    token: str | None, *, legacy_input: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Check an import request and start it in the background (the route answers 202);
+        returns its task (None when a copy has nothing to do).
 
         ``token`` is the caller's, forwarded to glance-download's remote API (kept in memory
-        only). Raises NotFound, Forbidden, BadRequest, Conflict as Glance answers.
+        only). ``legacy_input``: the run is a legacy ``import`` task's (``POST /v2/tasks``,
+        :mod:`imgproxy.images.legacy_tasks`), whose web-download does not depend on the
+        enabled import methods; its task shows that input. Raises NotFound, Forbidden,
+        BadRequest, Conflict as Glance answers.
         """
         service = self._s
         record = service.registry.get_visible(ctx, image_id)
         request = await body()
-        name, method = _check_body(request, self.methods)
+        name, method = _check_body(request, self.methods if legacy_input is None else ("web-download",))
         check = _status_rule(name)
         check(record)
         if name == "glance-download":
@@ -168,7 +172,7 @@ class Imports:
             self._check_no_copy_pending_delete(image_id, stores)
         if not stores:
             log.info("image %s is in every store already; nothing to copy", image_id)
-            return
+            return None
         if name == "web-download":
             try:
                 await self.url_filter.pin_async(method.get("uri") or "")
@@ -177,9 +181,11 @@ class Imports:
                                  f"({exc})") from None
         task = new_task(str(uuid.uuid4()), image_id=image_id, owner=ctx.project_id or None, user_id=ctx.user_id or None,
                         request_id=f"req-{uuid.uuid4()}", runner=current_owner(),
-                        task_input={"image_id": image_id, "import_req": request, "backend": stores})
+                        task_input={"image_id": image_id, "import_req": request, "backend": stores},
+                        shown_input=legacy_input, kind="api_image_import" if legacy_input is None else "import")
         await service.writer.run(self.records.begin, image_id, task, stores, check)
         self.runner.start(task, token)
+        return task
 
     def _check_no_copy_pending_delete(self, image_id: str, stores: list[str]) -> None:
         """409 for a store whose earlier copy of the image is deleted but not yet reaped: the

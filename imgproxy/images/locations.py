@@ -2,7 +2,8 @@
 
 Adding registers where a queued image's bytes already live (an http(s) URL; the store
 is read-only); the bytes are read later by a background pass (:mod:`imgproxy.locations`)
-or, with validation data, verified by the first whole read. Both calls are for admins only.
+or, with validation data, verified by the first whole read. Both calls are for admins and
+services (:func:`imgproxy.policy.check_service`, :func:`imgproxy.policy.check_add_location`).
 """
 
 from __future__ import annotations
@@ -75,20 +76,12 @@ class ImageLocations:
     def __init__(self, service: "Service") -> None:
         self._s = service
 
-    def _check_admin(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
-        """404 if the image is not visible to ``ctx`` (before anything else, as Glance), 403 unless
-        admin or service (Glance's ``fetch_image_location``; ``add_image_location`` also lets the
-        owner's members, which this service keeps to the trusted callers)."""
-        record = self._s.registry.get_visible(ctx, image_id)
-        policy.check_service(ctx, "read or add image locations")
-        return record
-
     async def add(self, ctx: RequestContext, image_id: str, body: BodyReader) -> None:
         """Record the body's location as the data of a queued image: it turns active at
         once (with validation data) or saving (a digest pass starts). 400 for a bad body
         or a URL with no readable data, 409 unless queued."""
         service = self._s
-        self._check_admin(ctx, image_id)
+        policy.check_add_location(ctx, service.registry.get_visible(ctx, image_id))
         url, validation = parse_location(await body())
         record = service.registry.get_visible(ctx, image_id)
         if record["status"] != "queued":
@@ -115,8 +108,11 @@ class ImageLocations:
         # With validation data the first whole read verifies it (imgproxy.images.verify).
 
     async def list(self, ctx: RequestContext, image_id: str) -> list[dict[str, Any]]:
-        """``[{"url", "metadata"}]`` of the image, for admins."""
-        self._check_admin(ctx, image_id)
+        """``[{"url", "metadata"}]`` of the image: 404 if the image is not visible to ``ctx``
+        (before anything else, as Glance), 403 unless admin or service by the caller's own token
+        (Glance's ``fetch_image_location``)."""
+        self._s.registry.get_visible(ctx, image_id)
+        policy.check_service(ctx, "read image locations")
         return [
             {"url": loc.get("url"), "metadata": loc.get("metadata") or {}}
             for loc in self._s.registry.locations(image_id)
