@@ -10,12 +10,13 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
+from backends.base import BackendError, local_file
 from cache import ImageCache
 
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound
 from ..ops.figures import cache_limits
-from ..sources import prefetch_queued
+from ..sources import image_copies, prefetch_queued
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -61,12 +62,25 @@ class CacheAdmin:
         cached = [{k: row[k] for k in fields} for row in await self._complete_images()]
         return cached, self._s.cache.queued()
 
+    def _read_in_place(self, record: dict[str, Any]) -> bool:
+        """The image's first copy is a file a local store serves in place: it is on this node's
+        disk already and the cache keeps no copy of it (``[file] in_place``)."""
+        try:
+            copies = image_copies(self._s, record)
+        except BackendError:
+            return False
+        return bool(copies) and local_file(copies[0][1], copies[0][2]) is not None
+
     async def queue(self, ctx: RequestContext, image_id: str) -> None:
-        """Queue an active image and run the prefetcher now: 404 unknown, 400 unless active."""
+        """Queue an active image and run the prefetcher now: 404 unknown, 400 unless active.
+        An image read in place needs nothing: it is held whole already."""
         _admin(ctx)
         record = self._s.registry.get_visible(ctx, image_id)
         if record.get("status") != "active":
             raise BadRequest("Only images with status active can be targeted for queueing")
+        if self._read_in_place(record):
+            log.info("image %s is read in place from a local file store: nothing to prefetch", image_id)
+            return
         await self._s.writer.run(self._s.cache.queue_prefetch, image_id)
         self._s.locations.full_read(image_id)  # the prefetch reads it all: verify it on the way
         self._kick_prefetcher()
@@ -133,15 +147,19 @@ class CacheAdmin:
     async def holds_whole(self, ctx: RequestContext, image_id: str) -> bool:
         """Whether this node holds the whole image (404 for an unknown image)."""
         _admin(ctx)
-        self._s.registry.get_visible(ctx, image_id)
+        record = self._s.registry.get_visible(ctx, image_id)
+        if record.get("status") == "active" and self._read_in_place(record):
+            return True
         return any(row["image_id"] == image_id for row in await self._complete_images())
 
     async def progress(self, ctx: RequestContext, image_id: str) -> dict[str, Any]:
         """:func:`image_progress` of an image ``ctx`` may see (404 otherwise)."""
         _admin(ctx)
         record = self._s.registry.get_visible(ctx, image_id)
-        row = await self._s.readers.run(image_progress, self._s.cache, image_id)
         size = record.get("size")
+        if record.get("status") == "active" and isinstance(size, int) and self._read_in_place(record):
+            return {"image_id": image_id, "cached_bytes": size, "size": size, "complete": True, "queued": False}
+        row = await self._s.readers.run(image_progress, self._s.cache, image_id)
         if row is None:
             return {"image_id": image_id, "cached_bytes": 0, "size": size, "complete": False, "queued": False}
         return {**row, "size": size if isinstance(size, int) else row["size"]}
