@@ -219,7 +219,17 @@ class ImageCache:
         return PruneResult(sum(self.store.remove(address) for address in removed), freed)
 
     async def evict_image_async(self, image_id: str) -> PruneResult:
+        await self.settle_fills(image_id)
         return await self.writer.run(self.evict_image, image_id)
+
+    async def settle_fills(self, image_id: str, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout``) for this process's fills of the image to end. Call it
+        before :meth:`evict_image`: a fill whose reader already has every byte may still be
+        publishing its chunk, which would land in the cache after the eviction."""
+        tasks = [fill.task for fill in self.reader.fills_in_flight()
+                 if fill.spec.image_id == image_id and fill.task is not None and not fill.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     # -- bytes in and out ---------------------------------------------------------
 

@@ -348,3 +348,19 @@ def test_glanceclient_cache_commands(server: ServerProcess, api: CacheClient, gl
     assert api.cached() == {}
     glance("cache-clear")
     assert api.state() == {"cached_images": [], "queued_images": []}
+
+
+def test_evict_right_after_a_cold_read_leaves_nothing_cached(server: ServerProcess, api: CacheClient) -> None:
+    """A reader gets a fill's last byte before the fill has published its chunk: an eviction
+    right after such a read must still remove it (it waits for the image's fills to end).
+    Before, the chunk landed after the eviction and the next read was served from the cache
+    with the store gone (seen as a flaky 200 in tests/test_stores_e2e.py)."""
+    for seed in range(12):
+        data = payload(CHUNK + 1, seed=100 + seed)
+        image_id = api.new_image(data)
+        api.http.delete(f"/v2/cache/{image_id}")
+        assert api.download(image_id) == data  # cold: fills from the store
+        assert api.http.delete(f"/v2/cache/{image_id}").status_code == 204
+        unshare_store(server, image_id)
+        r = api.http.get(f"/v2/images/{image_id}/file")
+        assert r.status_code == 503 and r.json()["error"]["message"], (seed, r.status_code)

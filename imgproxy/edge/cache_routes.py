@@ -109,6 +109,7 @@ async def delete_cache_entry(request: Request) -> Response:
         service.cache.evict_image(image_id)
         service.cache.dequeue_prefetch(image_id)
 
+    await service.cache.settle_fills(image_id)
     await asyncio.to_thread(evict)
     return Response(status_code=204)
 

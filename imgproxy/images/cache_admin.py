@@ -116,6 +116,7 @@ class CacheAdmin:
             cache.dequeue_prefetch(image_id)
             log.info("evicted image %s from the cache: %s", image_id, result)
 
+        await cache.settle_fills(image_id)
         await self._s.writer.run(evict)
 
     async def clear(self, ctx: RequestContext, target: str) -> None:
