@@ -4,9 +4,8 @@ A :class:`Fill` holds its whole chunk in a buffer granted by :class:`cache.admis
 readers take a *claim* on it (the chunk they send now: a demand; a chunk further on:
 read-ahead) and stream views of the buffer. The buffer is let go, and the grant given
 back, as soon as nobody needs it in memory:
-- the fill ended and no reader holds a claim; or
-- the fill ended with the chunk stored in the cache and no reader is in the middle of
-  it: readers that get to it later read the chunk file instead.
+- the fill ended and no reader holds a claim (a reader that gets to the chunk later
+  reads the chunk file).
 A fill nobody demanded whose last claim goes (its reader left) is cancelled: read-ahead
 nobody waits for is dropped. A demanded fill runs to the end even if every reader
 leaves, so the next request finds the chunk cached.
@@ -191,8 +190,11 @@ class Fill:
     def _maybe_release(self) -> None:
         if not self.ended or self.streaming or self._view is None:
             return
-        if self.claims and (self.stored is None or self.error is not None):
-            return  # its readers can get these bytes nowhere else
+        if self.claims:
+            # Its readers can get these bytes nowhere else, or only from disk: a cold fill
+            # writes its chunk file past the page cache (O_DIRECT), so a reader sending it
+            # from the file would read every byte back from the disk.
+            return
         buf, view = self._buf, self._view
         self._view = self._buf = None  # freed once the views handed out are gone too
         with contextlib.suppress(BufferError):  # a thread still writes from it: then it is not reused

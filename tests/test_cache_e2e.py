@@ -106,6 +106,23 @@ def test_evicted_image_is_refilled_from_the_store(start: Start) -> None:
     assert api.download(image_id) == data
 
 
+
+def test_a_cold_reader_is_sent_its_read_ahead_from_memory(start: Start) -> None:
+    """Read-ahead that ends before its reader gets to it is still sent from the fill's
+    buffer: a cold fill writes its chunk file past the page cache, so sending it from the
+    file instead would read every such byte back from the disk."""
+    server, api = start(readahead_chunks=4)
+    data = payload(64 * CHUNK, seed=12)
+    image_id = api.new_image(data)
+    assert api.http.delete(f"/v2/cache/{image_id}").status_code == 204
+    for _ in range(3):
+        assert api.download(image_id) == data
+        assert api.http.delete(f"/v2/cache/{image_id}").status_code == 204
+    served = {line.split()[0]: float(line.split()[1]) for line in api.http.get("/metrics").text.splitlines()
+              if line.startswith("imgproxy_image_served_bytes_total{")}
+    assert served == {'imgproxy_image_served_bytes_total{source="cache"}': 0.0,
+                      'imgproxy_image_served_bytes_total{source="fill"}': 3.0 * len(data)}
+
 def test_corrupt_chunk_is_never_served(start: Start) -> None:
     server, api = start()
     data = payload(4 * CHUNK, seed=3)
