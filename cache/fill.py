@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from backends.base import BackendError, BackendNotFound, ByteRange
 
-from .chunks import ChunkStore, WriteOutcome, address_of
+from .chunks import ChunkStore, WriteOutcome
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
 from .fill_buffer import Fill, FillSpec
 from .index import PendingWrites
@@ -116,7 +116,7 @@ def _close(fd: int | None) -> None:
 class FillRunner:
     """Runs fills for one :class:`ImageCache`: the owner/tailer protocol above.
 
-    ``executor`` takes the fills' disk I/O; ``verifier`` their hashing and chunk loads.
+    ``executor`` takes the fills' disk I/O; ``verifier`` their chunk loads (a fill hashes its chunk as it arrives).
     """
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, executor: Executor, verifier: Executor, *,
@@ -157,7 +157,7 @@ class FillRunner:
                 if spec.cacheable:
                     self._log_full()
                 await self._fetch(fill, None)
-                await self._check_address(fill)
+                self._check_address(fill)
                 self.pending.count("uncached_fills")
             else:
                 await self._run_locked(fill)
@@ -190,7 +190,7 @@ class FillRunner:
             except OSError as exc:
                 log.error("cannot lock %s (%s); serving from the store without caching", lock_path, exc)
                 await self._fetch(fill, None)
-                await self._check_address(fill)
+                self._check_address(fill)
                 return
             if fd is not None:
                 try:
@@ -217,7 +217,7 @@ class FillRunner:
                             self.stall_timeout)
                 self.pending.count("tail_stalls")
                 await self._fetch(fill, None)
-                await self._check_address(fill)
+                self._check_address(fill)
                 return
             await asyncio.sleep(TAIL_POLL)
 
@@ -251,7 +251,7 @@ class FillRunner:
             part = None
         try:
             part = await self._fetch(fill, part)
-            address = await self._check_address(fill)
+            address = self._check_address(fill)
             fill.mark_verified()
             if part is None:
                 return
@@ -295,8 +295,8 @@ class FillRunner:
             log.error("cannot store chunk %s (%s); it stays uncached", address.hex(), exc)
             return None
 
-    async def _check_address(self, fill: Fill) -> bytes:
-        address = await asyncio.get_running_loop().run_in_executor(self.verifier, address_of, fill.got)
+    def _check_address(self, fill: Fill) -> bytes:
+        address = fill.address()
         if fill.spec.address is not None and address != fill.spec.address:
             raise UpstreamCorrupt(
                 f"store bytes of chunk {fill.spec.index} do not match the manifest",

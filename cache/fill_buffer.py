@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import xxhash
+
 from backends.base import PIECE_SIZE, ByteRange, ReadBackend
 
 from .errors import CacheError
@@ -110,6 +112,10 @@ class Fill:
         self.demanded = False  # some reader needed it now: it runs to the end
         self.ended = False  # its task is over
         self._event = asyncio.Event()
+        # The chunk address, hashed as the bytes arrive: xxh3 of a 1 MiB piece costs the
+        # loop less than a hop to a thread for the whole chunk at the end, and the last
+        # byte is released as soon as it is in.
+        self._hash = xxhash.xxh3_128()
 
     @property
     def waiters(self) -> int:
@@ -146,8 +152,13 @@ class Fill:
             raise ValueError(f"fill of {self.spec.key}: {end} bytes for a chunk of {self.length}")
         assert self._view is not None, "fill buffer already released"
         self._view[self.filled:end] = data
+        self._hash.update(data)
         self.filled = end
         self._notify()
+
+    def address(self) -> bytes:
+        """The chunk address (xxh3-128) of the bytes in so far."""
+        return self._hash.digest()
 
     def mark_verified(self) -> None:
         self.verified = True
