@@ -1,36 +1,4 @@
-"""The image registry: image records, their secondary indexes and members, in LMDB.
-
-Layout (named databases of the service's one environment):
-
-- ``images``: image id -> record JSON. Public Glance fields at top level; internal fields
-  start with ``_`` (``_locations``, ``_created_us``) and are never shown to clients.
-- ``views``: image id -> the image's view as a client sees it, rendered
-  (:func:`imgproxy.views.image_json`) behind a small header holding the visibility and owner
-  that decide who may see it. Show and list send these bytes without parsing the record.
-- ``idx``: index keys -> ``b""``, the streams of :mod:`imgproxy.streams`: each holds exactly
-  the images with its terms (owner, visibility, status, name, tag, membership, and pairs of
-  them), newest first, and the name-order streams of listings sorted by name, so a listing
-  reads only what it returns (walked by :class:`imgproxy.index.Index`).
-- ``members``: ``<image id>\\0<member>`` -> member JSON.
-- ``deleted``: image id -> small tombstone, so a deleted id is never reused (as Glance).
-- ``delete_journal``: image id -> ``{"locations": [{"url", "store"}, ...], "not_before": us}``
-  of a deleted image whose store data and manifest may still exist; written in the
-  transaction that deletes the record, removed by the reaper once both are gone (so a crash
-  in between loses nothing). With delayed delete the record stays meanwhile, status
-  ``pending_delete``, shown to admins only and in no index (Glance's deleted rows), and the
-  reaper removes it with the journal entry, not before ``not_before``. A copy deleted from
-  one store of a live image (:meth:`Registry.delete_copy`) has an entry of its own, under
-  ``<image id>/<store>`` (:func:`journal_key`), written in the transaction that drops the
-  location.
-- ``registry_meta``: ``layout`` -> the version of the views and index layout; an older
-  environment is rebuilt by :meth:`Registry.upgrade` before the service answers.
-
-Every write updates the record, its view and its index entries in ONE write transaction
-(a member change touches only that membership's index entries: the view does not show it). All
-methods are synchronous and short. Write transactions begin through ``write_txn``, which
-refuses the event loop's thread: async code calls the write methods through the
-process's ``DbWriter``; reads may run anywhere.
-"""
+"""The :class:`Registry`: image records, their views, indexes and members, in LMDB (see the package)."""
 
 from __future__ import annotations
 
@@ -45,14 +13,14 @@ import lmdb
 
 from cache.txn import write_txn
 
-from . import policy
-from .owners import current_owner, owner_alive
-from .context import RequestContext
-from .errors import Conflict, Forbidden, NotFound
-from .index import Index
-from .status import check_transition
-from .streams import member_keys, record_keys, stream_prefix
-from .views import image_json
+from .. import policy
+from ..owners import current_owner, owner_alive
+from ..context import RequestContext
+from ..errors import Conflict, Forbidden, NotFound
+from ..index import Index
+from ..status import check_transition
+from ..streams import member_keys, record_keys, stream_prefix
+from ..views import image_json
 
 __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
            "split_journal_key"]
@@ -123,7 +91,7 @@ def _split_view(raw: bytes) -> tuple[str, str | None, bytes]:
 
 
 class Registry:
-    """Image records in LMDB; see the module docstring for the layout.
+    """Image records in LMDB; see the package docstring for the layout.
 
     Thread-safe and process-safe as LMDB is: readers never block, writers serialize.
     """
