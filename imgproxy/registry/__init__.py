@@ -32,16 +32,9 @@ refuses the event loop's thread: async code calls the write methods through the
 process's ``DbWriter``; reads may run anywhere.
 """
 
-from .records import (
-    LAYOUT,
-    MEMBER_STATUSES,
-    Registry,
-    format_time,
-    journal_key,
-    split_journal_key,
-    stream_prefix,
-    utc_now,
-)
+from ..streams import stream_prefix
+from .records import MEMBER_STATUSES, Registry, journal_key, split_journal_key
+from .store import LAYOUT, format_time, utc_now
 
 __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
            "split_journal_key"]
