@@ -33,7 +33,8 @@ process's ``DbWriter``; reads may run anywhere.
 """
 
 from ..streams import stream_prefix
-from .records import MEMBER_STATUSES, Registry, journal_key, split_journal_key
+from .members import MEMBER_STATUSES
+from .records import Registry, journal_key, split_journal_key
 from .store import LAYOUT, format_time, utc_now
 
 __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
