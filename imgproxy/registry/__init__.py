@@ -30,11 +30,19 @@ Every write updates the record, its view and its index entries in ONE write tran
 methods are synchronous and short. Write transactions begin through ``write_txn``, which
 refuses the event loop's thread: async code calls the write methods through the
 process's ``DbWriter``; reads may run anywhere.
+
+:class:`Registry` is one class assembled from one module per responsibility, each part a
+subclass of the record store that keeps a record, its view and its index entries in step:
+``store`` (:class:`~.store.RecordStore`: the databases, the low-level reads and writes, who
+may see and change a record, the layout upgrade), ``members``, ``uploads`` (the upload
+lifecycle), ``passes`` (images registered by location and their owed passes), ``deletes``
+(deletes and the delete journal) and ``records`` (the assembly: create, get, update, status).
 """
 
 from ..streams import stream_prefix
+from .deletes import journal_key, split_journal_key
 from .members import MEMBER_STATUSES
-from .records import Registry, journal_key, split_journal_key
+from .records import Registry
 from .store import LAYOUT, format_time, utc_now
 
 __all__ = ["Registry", "utc_now", "format_time", "stream_prefix", "MEMBER_STATUSES", "LAYOUT", "journal_key",
