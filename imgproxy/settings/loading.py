@@ -1,9 +1,4 @@
-"""One frozen settings object, read from a TOML file and ``IMGPROXY_*`` variables.
-
-Precedence, lowest first: defaults, the config file, the environment, explicit
-overrides (command-line flags). Every value is validated once, here; a bad value
-raises :class:`SettingsError` naming the key, and the service does not start.
-"""
+"""Building the settings: defaults, the config file, ``IMGPROXY_*`` variables and overrides, checked."""
 
 from __future__ import annotations
 
@@ -291,8 +286,8 @@ def _check(s: Settings) -> None:
 
 def _check_tables(s: Settings) -> None:
     """Tables the service reads itself (not a store's): validated here, once."""
-    from .images.remote_glance import GlanceRegions
-    from .urlfilter import ImportFilter
+    from ..images.remote_glance import GlanceRegions
+    from ..urlfilter import ImportFilter
 
     for table, parse in (("import_filtering_opts", ImportFilter.from_mapping),
                          ("glance_download", GlanceRegions.from_mapping)):
