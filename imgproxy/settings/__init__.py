@@ -5,6 +5,7 @@ overrides (command-line flags). Every value is validated once, here; a bad value
 raises :class:`SettingsError` naming the key, and the service does not start.
 """
 
-from .loading import Settings, SettingsError, load_settings
+from .loading import load_settings
+from .model import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
