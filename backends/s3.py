@@ -42,6 +42,7 @@ from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
 from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange
+from .fast_read import store_read
 from .http_fast import FastPool, fast_target
 from .s3_options import S3Options
 from .s3_writer import S3Writer
@@ -287,13 +288,9 @@ class S3Backend:
             except Exception as exc:
                 raise self._translate(exc, location) from exc
             raise BackendUnavailable(f"the s3 store {self.name} gave no usable answer to a ranged GET", location=location)
-        try:
+        with store_read(body, f"the s3 store {self.name} failed", location):
             async for piece in body.pieces():
                 yield piece
-        except BackendError as exc:
-            raise BackendUnavailable(f"the s3 store {self.name} failed: {exc}", location=location) from exc
-        finally:
-            body.close()
 
     # -- writing --------------------------------------------------------------
 

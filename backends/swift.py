@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange
+from .fast_read import store_read
 from .http_fast import FastBody, FastPool, fast_target
 from .swift_auth import SwiftOptions
 from .swift_client import SwiftClient, SwiftStats, object_path
@@ -143,13 +144,9 @@ class SwiftBackend:
         if byte_range is not None:
             body = await self._open_fast(path, location, byte_range)
             if body is not None:
-                try:
+                with store_read(body, f"{self.store}: Swift failed", location):
                     async for piece in body.pieces():
                         yield piece
-                except BackendError as exc:
-                    raise BackendUnavailable(f"{self.store}: Swift failed: {exc}", location=location) from exc
-                finally:
-                    body.close()
                 return
         headers = {} if byte_range is None else {"Range": f"bytes={byte_range.start}-{byte_range.end - 1}"}
         response = await self.client.send("GET", path, headers=headers, stream=True)

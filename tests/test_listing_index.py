@@ -17,7 +17,8 @@ from cache.txn import write_txn
 from imgproxy.context import RequestContext
 from imgproxy.db import open_env
 from imgproxy.errors import ApiError
-from imgproxy.listing import ListQuery, _compare, _matches, list_images, on_loop, parse_query, plan_for
+from imgproxy.listing import _compare, list_images, on_loop, plan_for
+from imgproxy.listing_query import ListQuery, matches, parse_query
 from imgproxy.registry import Registry, utc_now
 from imgproxy.views import image_json
 
@@ -98,7 +99,7 @@ def _listable(registry: Registry, ctx: RequestContext, q: ListQuery, record: dic
 
 
 def _expected(registry: Registry, ctx: RequestContext, q: ListQuery) -> list[str]:
-    keep = [r for r in _all_records(registry) if _listable(registry, ctx, q, r) and _matches(q, r)]
+    keep = [r for r in _all_records(registry) if _listable(registry, ctx, q, r) and matches(q, r)]
     keep.sort(key=lambda r: (r["_created_us"], r["id"]), reverse=True)
     return [r["id"] for r in keep]
 
@@ -245,7 +246,7 @@ ODD_NAMES = ["a", "a\0", "a\0b", "ab", "", "é", "\U0001f600", "\uffff", "alpha"
 
 
 def _sorted_scan(registry: Registry, ctx: RequestContext, q: ListQuery) -> list[str]:
-    keep = [r for r in _all_records(registry) if _listable(registry, ctx, q, r) and _matches(q, r)]
+    keep = [r for r in _all_records(registry) if _listable(registry, ctx, q, r) and matches(q, r)]
     keep.sort(key=functools.cmp_to_key(lambda a, b: _compare(a, b, q.sort)))
     return [r["id"] for r in keep]
 

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import UnsupportedMediaType
-from ..listing import parse_query
+from ..listing_query import parse_query
 from ..patch import PATCH_TYPES
 from ..views import image_view, images_page_json
 from .bodies import json_body

@@ -15,7 +15,8 @@ from .. import policy
 from ..attrs import MAX_PROPERTIES, check_settable, check_tags, check_value, count_extra
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from ..listing import ListQuery, Page, list_images, on_loop, plan_for
+from ..listing import Page, list_images, on_loop, plan_for
+from ..listing_query import ListQuery
 from ..patch import apply_patch, parse_patch
 from ..registry import utc_now
 
