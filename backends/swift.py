@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange
+from .base import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange
 from .fast_read import store_read
 from .http_fast import FastBody, FastPool, fast_target
 from .swift_auth import SwiftOptions

@@ -22,7 +22,6 @@ MAX_LIMIT = 1000
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "virtual_size", "id", "created_at", "updated_at")
 _TIME_OPS = ("gt", "gte", "eq", "neq", "lt", "lte")
 _IN_KEYS = ("name", "status", "container_format", "disk_format", "id")
-_PAGING = ("limit", "marker", "sort_key", "sort_dir", "sort", "member_status")
 
 
 @dataclass
