@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -18,14 +19,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .api import cache_api, data, images, imports, info, locations, members, metadefs, stores, tasks, versions
 from .api.common import json_response
 from .api.versions import versions_document
-from .attrs import is_uuid
 from .context import RequestContext
 from .errors import ApiError, Unauthorized, error_response
-from .ops.access import AccessMiddleware
+from .heads import MAX_HEADER_LINE as MAX_HEADER_LINE  # the edge app's too
+from .heads import MAX_HEADERS_TOTAL as MAX_HEADERS_TOTAL
+from .heads import headers_too_large
+from .ops.access import AccessMiddleware, AccessRecorder
 from .ops.access import strip_minor_version as _strip_minor_version
 from .ops.routes import PUBLIC_PATHS, ops_routes
+from .protocol import QUICK
 from .service import Service, open_service
 from .settings import Settings
+from .shortcut import SHOW_ROUTE, ShowShortcut, shown_id
 
 __all__ = ["create_app"]
 
@@ -35,20 +40,9 @@ log = logging.getLogger("imgproxy")
 # status page checks its caller itself).
 _PUBLIC_PATHS = frozenset({"/", "/versions"}) | PUBLIC_PATHS
 
-# Header limits: one line as long as Glance's max_header_line, all of them a few times that.
-MAX_HEADER_LINE = 16 * 1024
-MAX_HEADERS_TOTAL = 64 * 1024
-
 
 def _headers_too_large(scope: Scope) -> bool:
-    total = 0
-    for name, value in scope["headers"]:
-        line = len(name) + len(value) + 4
-        if line > MAX_HEADER_LINE:
-            return True
-        total += line
-    return total > MAX_HEADERS_TOTAL
-
+    return headers_too_large(scope["headers"])
 
 
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)?(/|$)")
@@ -59,17 +53,7 @@ def _other_version(path: str) -> bool:
     return bool(_VERSION_PREFIX.match(path)) and not (path == "/v2" or path.startswith("/v2/"))
 
 
-_SHOW_PREFIX = "/v2/images/"
-_SHOW_LENGTH = len(_SHOW_PREFIX) + 36  # a canonical UUID
 _JSON_TYPE = (b"content-type", b"application/json")
-
-
-def _shown_id(scope: Scope, path: str) -> str | None:
-    """The image id of ``GET /v2/images/{uuid}``, lowercased; None for any other request."""
-    if scope["method"] != "GET" or len(path) != _SHOW_LENGTH or not path.startswith(_SHOW_PREFIX):
-        return None
-    image_id = path[len(_SHOW_PREFIX):]
-    return image_id.lower() if is_uuid(image_id) else None
 
 
 class ApiMiddleware:
@@ -77,7 +61,8 @@ class ApiMiddleware:
 
     Pure ASGI so that streaming responses pass through untouched. Image show, the call
     compute nodes and dashboards make most, is answered here from the stored view, as its
-    route (``show_route``) would answer it, without the router and Request/Response objects.
+    route (``show_route``) would answer it, without the router and Request/Response objects
+    (when the protocol has not answered it already: :mod:`imgproxy.shortcut`).
     """
 
     def __init__(self, app: ASGIApp, show_route: BaseRoute | None = None) -> None:
@@ -128,7 +113,7 @@ class ApiMiddleware:
                 return
             scope.setdefault("state", {})
             scope["state"]["context"] = context
-            image_id = _shown_id(scope, path) if self.show_route is not None else None
+            image_id = shown_id(scope["method"], path) if self.show_route is not None else None
             if image_id is not None:
                 await self._show(scope, receive, send, service, context, image_id)
                 return
@@ -160,12 +145,15 @@ def create_app(settings: Settings) -> Starlette:
 
         return create_edge_app(settings)
 
+    recorder = AccessRecorder()
+
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         service = await open_service(settings)
         app.state.service = service
         try:
-            yield
+            # The protocol answers image shows it can with this (imgproxy.protocol's QUICK).
+            yield {QUICK: ShowShortcut(service, recorder)}
         finally:
             await service.aclose()
 
@@ -190,8 +178,9 @@ def create_app(settings: Settings) -> Starlette:
     )
     # Glance answers /v2/images/ with 404, not a redirect to /v2/images.
     app.router.redirect_slashes = False
-    show = next(r for r in images.routes if getattr(r, "path", None) == "/v2/images/{image_id}"
+    show = next(r for r in images.routes if getattr(r, "path", None) == SHOW_ROUTE
                 and "GET" in (getattr(r, "methods", None) or ()))
     app.add_middleware(ApiMiddleware, show_route=show)
-    app.add_middleware(AccessMiddleware)  # outermost: ids, log lines and metrics for every answer
+    # Outermost: ids, log lines and metrics for every answer (the recorder: the shortcut's too).
+    app.add_middleware(AccessMiddleware, recorder=recorder)
     return app

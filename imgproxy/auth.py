@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .context import RequestContext
 
-__all__ = ["Authenticator", "NoAuth", "NO_CHALLENGE"]
+__all__ = ["Authenticator", "ImmediateAuthenticator", "NoAuth", "NO_CHALLENGE"]
 
 # What a 401 says when no identity service issues the tokens (tokens file, noauth):
 # python-glanceclient and openstacksdk read nothing from it.
 NO_CHALLENGE = "Keystone uri=''"
+
+_NOAUTH_ROLES = frozenset({"admin", "member", "reader"})
+# Contexts NoAuth keeps (by project and roles header) before it starts again.
+_NOAUTH_CONTEXTS = 1024
 
 
 class Authenticator(Protocol):
@@ -33,6 +37,17 @@ class Authenticator(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class ImmediateAuthenticator(Authenticator, Protocol):
+    """An authenticator that can often tell the caller at once, with no I/O."""
+
+    def authenticate_now(self, headers: Mapping[str, str]) -> RequestContext | None:
+        """The caller's context when it can be told without waiting (a token already
+        known to be valid), else ``None``: then :meth:`authenticate` decides, and may
+        answer 401. Raises as :meth:`authenticate` does; never blocks."""
+        ...
+
+
 class NoAuth:
     """Development mode: every caller is an admin of the project it names.
 
@@ -43,11 +58,22 @@ class NoAuth:
 
     challenge = NO_CHALLENGE
 
-    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[str, str | None], RequestContext] = {}  # the same caller, one context
+
+    def authenticate_now(self, headers: Mapping[str, str]) -> RequestContext:
         project = headers.get("x-project-id") or headers.get("x-tenant-id") or ""
         roles = headers.get("x-roles")
-        role_set = frozenset(r.strip() for r in roles.split(",") if r.strip()) if roles else frozenset({"admin", "member", "reader"})
-        return RequestContext(project_id=project, roles=role_set)
+        context = self._contexts.get((project, roles))
+        if context is None:
+            if len(self._contexts) >= _NOAUTH_CONTEXTS:
+                self._contexts.clear()
+            role_set = frozenset(r.strip() for r in roles.split(",") if r.strip()) if roles else _NOAUTH_ROLES
+            context = self._contexts[(project, roles)] = RequestContext(project_id=project, roles=role_set)
+        return context
+
+    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+        return self.authenticate_now(headers)
 
     async def aclose(self) -> None:
         return None

@@ -94,6 +94,15 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: str) -> Identity | None:
+        """The answer remembered for ``key``; None when it is "not valid" or none is (nothing
+        is looked up)."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
     async def get(self, key: str, lookup: Callable[[], Awaitable[tuple[Identity | None, float]]]) -> Identity | None:
         """``lookup()`` returns ``(answer, seconds to remember it)``."""
         entry = self._entries.get(key)
@@ -218,26 +227,36 @@ class KeystoneAuth:
             sender = await self.identity(service_token)
             if sender is None:
                 return None  # keystonemiddleware refuses a request whose service token is invalid
-            service_roles = frozenset(role for role in sender.roles if role in ROLES)
-        service = "service" in service_roles
+            service_roles = _known_roles(sender)
         # Only a service (a token with the service role alongside) may act on an expired user token.
-        user = await self.identity(token, allow_expired=service)
-        if user is None:
+        user = await self.identity(token, allow_expired="service" in service_roles)
+        return None if user is None else _context(user, service_roles)
+
+    def authenticate_now(self, headers: Mapping[str, str]) -> RequestContext | None:
+        """As :meth:`authenticate` when every token it names is remembered valid; else None."""
+        token = headers.get("x-auth-token", "").strip()
+        if not token:
             return None
-        if user.project_id is None:
-            raise Forbidden("This service needs a project-scoped token (this one is domain- or system-scoped).")
-        roles = frozenset(role for role in user.roles if role in ROLES)
-        if not roles:
-            raise Forbidden(f"The token has none of the roles this service knows ({', '.join(ROLES)}).")
-        return RequestContext(project_id=user.project_id, roles=roles, user_id=user.user_id,
-                              service_roles=service_roles)
+        service_roles: frozenset[str] = frozenset()
+        service_token = headers.get("x-service-token", "").strip()
+        if service_token:
+            sender = self._remembered(service_token)
+            if sender is None:
+                return None
+            service_roles = _known_roles(sender)
+        user = self._remembered(token, allow_expired="service" in service_roles)
+        return None if user is None else _context(user, service_roles)
+
+    def _remembered(self, token: str, *, allow_expired: bool = False) -> Identity | None:
+        if not (token.isascii() and token.isprintable()):
+            return None
+        return self._cache.peek(_cache_key(token, allow_expired))
 
     async def identity(self, token: str, *, allow_expired: bool = False) -> Identity | None:
         """What Keystone says of ``token`` (cached), or None when it is not valid."""
         if not (token.isascii() and token.isprintable()):
             return None  # no token Keystone issues; and not a header value httpx may send
-        key = hashlib.sha256(token.encode()).hexdigest() + (":expired-ok" if allow_expired else "")
-        return await self._cache.get(key, lambda: self._lookup(token, allow_expired))
+        return await self._cache.get(_cache_key(token, allow_expired), lambda: self._lookup(token, allow_expired))
 
     async def _lookup(self, token: str, allow_expired: bool) -> tuple[Identity | None, float]:
         """``(identity or None, seconds to remember it)``; ServiceUnavailable when Keystone cannot say."""
@@ -285,6 +304,25 @@ class KeystoneAuth:
     async def aclose(self) -> None:
         await self._cache.aclose()
         await self._client.aclose()
+
+
+def _cache_key(token: str, allow_expired: bool) -> str:
+    return hashlib.sha256(token.encode()).hexdigest() + (":expired-ok" if allow_expired else "")
+
+
+def _known_roles(identity: Identity) -> frozenset[str]:
+    return frozenset(role for role in identity.roles if role in ROLES)
+
+
+def _context(user: Identity, service_roles: frozenset[str]) -> RequestContext:
+    """The context of a valid user token; Forbidden for one this service cannot use."""
+    if user.project_id is None:
+        raise Forbidden("This service needs a project-scoped token (this one is domain- or system-scoped).")
+    roles = _known_roles(user)
+    if not roles:
+        raise Forbidden(f"The token has none of the roles this service knows ({', '.join(ROLES)}).")
+    return RequestContext(project_id=user.project_id, roles=roles, user_id=user.user_id,
+                          service_roles=service_roles)
 
 
 def _base_url(keystone_url: str) -> str:

@@ -17,24 +17,62 @@ answered with the API's JSON error body instead of uvicorn's plain-text 400.
 
 It also implements the ASGI ``http.response.zerocopysend`` extension (:mod:`imgproxy.zerocopy`):
 image data on local disk goes to the socket with ``sendfile``.
+
+**Quick answers.** An app may put a :class:`QuickAnswer` in its lifespan state under
+:data:`QUICK`. The protocol then offers it each request that has no body, arrives on an
+idle keep-alive HTTP/1.1 connection and would start an ASGI task now: the app may answer
+it at once, synchronously, from the parser's callback, with no scope, task, cycle or ASGI
+message built (image show, the call most made, so costs less than half the CPU). A request
+it declines goes to the ASGI app as any other.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, Protocol
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from .errors import error_response
 from .zerocopy import ZEROCOPY, ZeroCopySend
 
-__all__ = ["BoundedHttpToolsProtocol", "PROTOCOL"]
+__all__ = ["BoundedHttpToolsProtocol", "PROTOCOL", "QUICK", "QuickAnswer", "Respond"]
 
 # What ``uvicorn.run(http=...)`` takes: an import string, so that worker processes load it too.
 PROTOCOL = "imgproxy.protocol:BoundedHttpToolsProtocol"
+
+# The lifespan state key under which an app offers its QuickAnswer.
+QUICK = "imgproxy.quick_answer"
+
+log = logging.getLogger("imgproxy")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Respond(Protocol):
+    def __call__(self, status: int, headers: Headers, body: bytes) -> None:
+        """Send the whole response: ``headers`` (lowercase names, valid values, a
+        ``content-length`` equal to ``len(body)``) follow the server's own (``date``)."""
+        ...
+
+
+class QuickAnswer(Protocol):
+    """An app's synchronous answer to some requests, called on the event loop."""
+
+    def __call__(self, method: str, path: str, headers: Headers, respond: Respond) -> bool:
+        """Answer the request by calling ``respond`` once and return True; or return False
+        without calling it: the request then goes to the ASGI app, as if never offered.
+
+        ``path`` is the URL's path, ASCII, with no percent-escape and no query string;
+        ``headers`` are the request's, names lowercased. It must not block (no I/O beyond
+        a point read that an ASGI handler would make on the loop too). An exception it
+        raises is logged; before ``respond`` the request then goes to the ASGI app, after
+        it the response stands.
+        """
+        ...
 
 
 class _HeadTooLarge(Exception):
@@ -56,22 +94,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timeout = float(config.timeout_keep_alive)
         self._head_bytes = 0
         self._head_too_large = False
-        self._head_timer: asyncio.TimerHandle | None = None
+        # The loop time by which the connection closes unless it has a complete request head
+        # (or, when ``_idle``, a first byte of one), checked by one timer that moves on lazily:
+        # a timer made and cancelled per request cost more than the rest of a quick answer's
+        # bookkeeping.
+        self._deadline: float | None = None
+        self._idle = False
+        self._timer: asyncio.TimerHandle | None = None
         self._senders: set[ZeroCopySend] = set()  # of cycles whose response is not over
+        self._quick: QuickAnswer | None = app_state.get(QUICK)
+        self._answered = False  # the request being parsed was answered quickly
 
-    # -- the deadline for a complete request head ---------------------------------------
+    # -- the deadline for a complete request head (and for a quickly answered one's next) --
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+    def _start_deadline(self, *, idle: bool) -> None:
+        self._deadline = self.loop.time() + self._head_timeout
+        self._idle = idle
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        if self.loop.time() < self._deadline:  # moved on since the timer was made
+            self._timer = self.loop.call_at(self._deadline, self._deadline_passed)
+            return
+        self._deadline = None
         # A pipelined head may trickle in while an earlier response is still being sent:
         # cutting the connection would cut that response, so only an idle one is closed.
         if self.cycle is None or self.cycle.response_complete:
@@ -79,22 +128,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._start_deadline(idle=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
         for sender in list(self._senders):
             sender.close()
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.scope["extensions"] = {ZEROCOPY: {}}
+        # uvicorn's, but the scope is built only for a request the ASGI app gets (_new_scope).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._answered = False
         self._head_bytes = 0
-        self._arm_head_timer()
+        if self._deadline is None or self._idle:  # counted from the connection's start or this first byte
+            self._start_deadline(idle=False)
+
+    def _new_scope(self) -> None:
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "extensions": {ZEROCOPY: {}},
+        }
 
     def on_headers_complete(self) -> None:
-        self._disarm_head_timer()
+        self._deadline = None
+        if self._quick is not None and self._answer_quickly(self._quick):
+            return
+        self._new_scope()
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:
@@ -102,6 +175,61 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             sender = ZeroCopySend(self.cycle, self.loop, self._senders.discard)
             self._senders.add(sender)
             self.cycle.send = sender  # type: ignore[method-assign]
+
+    # -- quick answers --------------------------------------------------------------------
+
+    def _answer_quickly(self, quick: QuickAnswer) -> bool:
+        """Offer the request to ``quick`` when uvicorn would start its ASGI task now and
+        nothing but the response is left to do: no body, keep-alive, no upgrade."""
+        if (
+            (self.cycle is not None and not self.cycle.response_complete)  # pipelined: it waits its turn
+            or self.flow.write_paused
+            or self.transport.is_closing()  # shutting down, among others
+            or not self.parser.should_keep_alive()
+            or self.parser.get_http_version() != "1.1"
+            or self.parser.should_upgrade()
+            or (self.limit_concurrency is not None  # uvicorn answers 503 then
+                and (len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency))
+            or self.root_path  # the app's paths would not be the URL's
+            or not self.url.startswith(b"/")
+            or not self.url.isascii()
+        ):
+            return False
+        for name, _ in self.headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return False
+        path = self.url.partition(b"?")[0]
+        if b"%" in path:
+            return False
+        try:
+            return quick(self.parser.get_method().decode("ascii"), path.decode("ascii"), self.headers, self._respond)
+        except Exception:
+            log.exception("a quick answer failed")
+            return self._answered
+
+    def _respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a quick answer, then what uvicorn does when a response is complete."""
+        if self._answered:
+            raise RuntimeError("a request was answered twice")
+        self._answered = True
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        head += (b"\r\n", body)
+        self.transport.write(b"".join(head))
+        self.server_state.total_requests += 1
+        # uvicorn's keep-alive timeout, which is this deadline's length: closed if idle so long.
+        self._start_deadline(idle=True)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:  # a quickly answered request has none
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._answered:
+            super().on_message_complete()
 
     # -- the size of a request head -----------------------------------------------------
 
@@ -123,7 +251,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn when the parser refuses the request (also after _HeadTooLarge)."""
-        self._disarm_head_timer()
+        self._deadline = None
         if self._head_too_large:
             status, title = 431, "Request Header Fields Too Large"
             message = f"The request line and headers are larger than {self._max_head} bytes."

@@ -225,7 +225,7 @@ class TokensAuth:
             self._contexts = contexts
             self._stamp = stamp
 
-    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+    def authenticate_now(self, headers: Mapping[str, str]) -> RequestContext | None:
         """A ``stat`` at most, no read unless the file changed: cheap enough for the loop."""
         token = headers.get("x-auth-token")
         if not token:
@@ -237,6 +237,9 @@ class TokensAuth:
             self._maybe_reload(force_stat=True)
             ctx = self._contexts.get(token)
         return ctx
+
+    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
+        return self.authenticate_now(headers)
 
     async def aclose(self) -> None:
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -175,6 +175,41 @@ async def test_one_lookup_per_token_however_many_ask(keystone: KeystoneServer,
         assert auth.lookups == 2  # a refused token is remembered too
     finally:
         await auth.aclose()
+
+
+async def test_a_token_is_known_at_once_only_once_keystone_said_it_is_valid(
+        keystone: KeystoneServer, project_member: tuple[str, str]) -> None:
+    # What the protocol's image show relies on (imgproxy.shortcut): no I/O, no lookup.
+    settings = load_settings(environ={}, overrides=imgproxy_keystone_config(keystone))
+    auth = KeystoneAuth.from_settings(settings)
+    headers = {"x-auth-token": project_member[1]}
+    try:
+        assert auth.authenticate_now(headers) is None and auth.lookups == 0
+        looked_up = await auth.authenticate(headers)
+        assert looked_up is not None and auth.authenticate_now(headers) == looked_up and auth.lookups == 1
+        assert await auth.authenticate({"x-auth-token": "no-such-token"}) is None
+        assert auth.authenticate_now({"x-auth-token": "no-such-token"}) is None  # the app answers 401
+        assert auth.authenticate_now({}) is None and auth.lookups == 2
+    finally:
+        await auth.aclose()
+
+
+def test_image_show_with_a_revoked_token_stops_working_within_the_cache_time(
+        keystone: KeystoneServer, server_factory: Callable[..., ServerProcess], project_member: tuple[str, str]) -> None:
+    # Shows of a known token are answered from the token cache without the app: its deadline holds there too.
+    cache_seconds = 1.0
+    proc = server_factory(config=imgproxy_keystone_config(keystone, token_cache_seconds=cache_seconds))
+    token = _login(keystone, project_member[0], ["member"])
+    with _client(proc, token) as c:
+        image_id = c.post("/v2/images", json={"name": "ks-show"}).json()["id"]
+        assert c.get(f"/v2/images/{image_id}").status_code == 200
+        keystone.revoke(token)
+        revoked_at = time.monotonic()
+        while (r := c.get(f"/v2/images/{image_id}")).status_code == 200:
+            assert r.json()["id"] == image_id
+            assert time.monotonic() - revoked_at < cache_seconds + 10, "the revoked token still works"
+            time.sleep(0.1)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == f'Keystone uri="{keystone.url}"'
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

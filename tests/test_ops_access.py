@@ -52,11 +52,14 @@ def test_every_answer_carries_a_request_id(server: ServerProcess, admin: httpx.C
     ok = admin.get("/versions")
     missing = admin.get("/v2/images/00000000-0000-0000-0000-000000000000")
     anonymous = httpx.get(server.url + "/v2/images")
-    for r, status in ((ok, 200), (missing, 404), (anonymous, 401)):
+    image_id = admin.post("/v2/images", json={"name": "request-ids"}).json()["id"]
+    shown = [admin.get(f"/v2/images/{image_id}") for _ in range(300)]  # past a pool of random bytes
+    answers = [(ok, 200), (missing, 404), (anonymous, 401), *((r, 200) for r in shown)]
+    for r, status in answers:
         assert r.status_code == status
         assert re.fullmatch(r"req-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
                             r.headers["x-openstack-request-id"]), r.headers
-    assert len({r.headers["x-openstack-request-id"] for r in (ok, missing, anonymous)}) == 3
+    assert len({r.headers["x-openstack-request-id"] for r, _ in answers}) == len(answers)
 
 
 def test_a_clients_own_id_is_kept_and_logged(server: ServerProcess, admin: httpx.Client) -> None:
@@ -153,6 +156,10 @@ def test_image_show_answers_logs_and_counts_as_its_route(server: ServerProcess, 
     assert hidden.status_code == 404 and hidden.json()["error"]["code"] == 404
     assert _fields(_access_lines(server, rid + "-other")[0])["route"] == "/v2/images/{image_id}"
     assert httpx.get(f"{server.url}/v2/images/{image_id}").status_code == 401
-    scrape = admin.get("/metrics").text
-    assert re.search(r'imgproxy_request_duration_seconds_count\{method="GET",route="/v2/images/\{image_id\}",'
-                     r'status="404"\} [1-9]', scrape), scrape[:2000]
+    shows = re.compile(r'imgproxy_request_duration_seconds_count\{method="GET",route="/v2/images/\{image_id\}",'
+                       r'status="(\d+)"\} ([0-9.]+)')
+    before = {status: float(n) for status, n in shows.findall(admin.get("/metrics").text)}
+    for _ in range(3):
+        assert admin.get(f"/v2/images/{image_id}").status_code == 200
+    after = {status: float(n) for status, n in shows.findall(admin.get("/metrics").text)}
+    assert after["404"] >= 1 and after["200"] == before["200"] + 3, (before, after)

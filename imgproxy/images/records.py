@@ -114,6 +114,10 @@ class ImageRecords:
 
     async def show(self, ctx: RequestContext, image_id: str) -> bytes:
         """The image's view JSON (stored bytes); NotFound unless ``ctx`` may see it."""
+        return self.view(ctx, image_id)
+
+    def view(self, ctx: RequestContext, image_id: str) -> bytes:
+        """:meth:`show`, for callers that cannot await (one LMDB point read: fine on the loop)."""
         return self._s.registry.visible_view(ctx, image_id)
 
     async def list(self, ctx: RequestContext, query: ListQuery) -> Page:

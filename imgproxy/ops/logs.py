@@ -25,22 +25,36 @@ ACCESS_LOGGER = "imgproxy.access"
 
 # The fields a request line carries (``extra={"access": {...}}``), in this order.
 ACCESS_FIELDS = ("method", "route", "path", "status", "bytes", "duration_s", "cache")
+# A request line's text: its fields as ``key=value``, in that order.
+_ACCESS_TEXT = " ".join(f"{key}={{{key}}}" for key in ACCESS_FIELDS)
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+class _Timestamps:
+    """``2026-11-27T14:00:00.123Z`` of a record's time; the seconds spelled once a second
+    (a request line each request would spell them again). Thread-safe: one tuple swapped."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def of(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{last[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
     """``<time> <LEVEL> <logger> <request id> <message>``; a request line's fields as ``key=value``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timestamps = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         access = getattr(record, "access", None)
-        message = record.getMessage()
-        if access is not None:
-            message = " ".join(f"{key}={access[key]}" for key in ACCESS_FIELDS)
-        line = f"{_timestamp(record)} {record.levelname} {record.name} {REQUEST_ID.get()} {message}"
+        message = record.getMessage() if access is None else _ACCESS_TEXT.format_map(access)
+        line = f"{self._timestamps.of(record)} {record.levelname} {record.name} {REQUEST_ID.get()} {message}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -50,9 +64,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``time``, ``level``, ``logger``, ``request_id``, ``message``,
     and a request line's fields (:data:`ACCESS_FIELDS`) at the top level."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timestamps = _Timestamps()
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": _timestamp(record),
+            "time": self._timestamps.of(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "request_id": REQUEST_ID.get(),
