@@ -172,7 +172,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:
             # The app's task has not run yet: it will be handed this send.
-            sender = ZeroCopySend(self.cycle, self.loop, self._senders.discard)
+            sender = ZeroCopySend(self.cycle, self.loop, self._senders.discard,
+                                  lambda: len(self.server_state.tasks))
             self._senders.add(sender)
             self.cycle.send = sender  # type: ignore[method-assign]
 

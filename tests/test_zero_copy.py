@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import signal
 import socket
 import struct
@@ -23,6 +25,7 @@ import pytest
 
 from tests.cache_http import CHUNK, CacheClient, cache_server_config, chunk_files, payload, wait_for
 from tests.server import ServerProcess, free_port
+from imgproxy.zerocopy import UNSENT_MAX
 
 SIZE = 5 * CHUNK + 1234  # six chunks, the last one short
 
@@ -163,28 +166,80 @@ def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _big_image(api: CacheClient, seed: int) -> tuple[str, bytes]:
+    """An image of more bytes than the socket buffers hold, read once (so cached); its id and bytes."""
+    data = payload(200 * CHUNK, seed=seed)
+    image_id = api.new_image(data)
+    assert api.download(image_id) == data
+    return image_id, data
+
+
+def _raw_get(server: ServerProcess, image_id: str, rcvbuf: int = 0) -> tuple[socket.socket, bytes]:
+    """A raw connection that asked for the image's data, and its first received bytes."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                 f"X-Auth-Token: {server.admin_token}\r\n\r\n".encode())
+    return sock, sock.recv(4096)
+
+
 def test_a_client_that_goes_away_mid_sendfile_leaves_nothing_open(
         in_place: tuple[ServerProcess, CacheClient]) -> None:
     server, api = in_place
-    data = payload(200 * CHUNK, seed=26)  # more than the socket buffers hold
-    image_id = api.new_image(data)
-    assert api.download(image_id) == data
+    image_id, data = _big_image(api, seed=26)
     assert server.proc is not None
     pid = server.proc.pid  # one worker: uvicorn serves in this process
     idle = wait_for(lambda: _open_fds(pid), timeout=5)
     for _ in range(3):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
-                     f"X-Auth-Token: {server.admin_token}\r\n\r\n".encode())
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock, head = _raw_get(server, image_id, rcvbuf=4096)
+        assert head.startswith(b"HTTP/1.1 200")
         # Leave with a reset while the server is blocked on a full socket.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     # Every descriptor the abandoned sends held (chunk files, watched sockets) is closed.
     assert wait_for(lambda: _open_fds(pid) <= idle, timeout=10)
     assert api.download(image_id) == data
+
+
+def _server_socket(server: ServerProcess, client: socket.socket) -> dict[str, int]:
+    """``bytes_sent`` and ``notsent`` (bytes queued, not sent yet) of the server's end of
+    ``client``'s connection, as ``ss`` (iproute2) reports them."""
+    port = client.getsockname()[1]
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{server.port} and dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return {key: int(m.group(1)) if (m := re.search(rf"\b{key}:(\d+)", out)) else 0
+            for key in ("bytes_sent", "notsent")}
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the server socket's queue")
+def test_a_client_that_stops_reading_pins_little_unsent_data_in_the_server(
+        in_place: tuple[ServerProcess, CacheClient]) -> None:
+    server, api = in_place
+    image_id, data = _big_image(api, seed=28)
+    sock, got = _raw_get(server, image_id)
+    with sock:
+        assert got.startswith(b"HTTP/1.1 200")
+        # The client reads nothing more: the server sends until the window closes, then waits.
+        seen: list[dict[str, int]] = []
+
+        def stalled() -> bool:
+            seen.append(_server_socket(server, sock))
+            return len(seen) > 3 and seen[-1]["bytes_sent"] == seen[-4]["bytes_sent"] > 0
+
+        assert wait_for(stalled, timeout=15, interval=0.1)
+        # Not the send buffer's 4 MiB (before: 4.0 MB here): what lies behind the closed window is ours to send.
+        assert seen[-1]["notsent"] <= 2 * UNSENT_MAX
+        # The stream goes on whole once the client reads again.
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        body = bytearray(got.split(b"\r\n\r\n", 1)[1])
+        while len(body) < len(data):
+            part = sock.recv(1 << 20)
+            assert part, f"the connection ended after {len(body)} of {len(data)} bytes"
+            body += part
+        assert body == data
 
 
 class PlainUvicorn:

@@ -10,6 +10,8 @@ curl writes to /dev/null and hashes nothing: a Python client (or a sha512 per no
 (anchors/limits.md). The bytes themselves are checked once per system by a sha512 read
 (``bench.clients``) before the timed steps, and every timed curl must receive exactly the
 image size.
+With ``--baseline DIR`` the imgproxy checkout in DIR also runs, as ``baseline-1w`` (one
+worker), taking its turn in every repeat: before/after figures from one run.
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from ..clients import Fetch, run_downloads
 from ..images import make_image
 from ..runner import RunContext, ScenarioResult, percentile, summarize
 from ..systems.base import ImageFile, NotSupported, System
+from ..systems.imgproxy import ImgproxySystem
 
 __all__ = ["run", "curl_many"]
 
 NAME = "cached_download"
 # imgproxy-1w-nometrics: metrics = false and request_log = false, to read their cost off imgproxy-1w.
 SYSTEMS = ("nginx-direct", "imgproxy-1w", "imgproxy-1w-nometrics", "imgproxy-2w")
+BASELINE = "baseline-1w"
 
 
 def curl_many(url: str, n: int, timeout: float) -> list[dict[str, Any]]:
@@ -132,8 +137,12 @@ def run(ctx: RunContext) -> ScenarioResult:
     ctx.local_root.mkdir(parents=True, exist_ok=True)
     image = make_image(ctx.local_root, "cached.img", size)
     urls: dict[str, tuple[System, str]] = {}
-    for name in SYSTEMS:
-        system = ctx.system_or_row(result, name)
+    for name in (*SYSTEMS, *((BASELINE,) if p.meta_baseline else ())):
+        if name == BASELINE:
+            system: System | None = ctx.add_system(name, ImgproxySystem(
+                ctx.work / "systems" / name, workers=1, source=Path(p.meta_baseline), name=name))
+        else:
+            system = ctx.system_or_row(result, name)
         if system is None:
             continue
         ctx.progress.step(f"{name}: warming {size >> 20} MiB")
@@ -153,6 +162,8 @@ def run(ctx: RunContext) -> ScenarioResult:
                 samples[name].append(_step(ctx, system, url, image, n))
         _add_rows(result, ctx, n, samples)
         _add_metrics_cost(result, n, samples)
+    if p.meta_baseline:
+        ctx.stop_system(BASELINE, remove=True)
     result.notes.append("Targets (issue 12): >= 1.0x nginx's throughput at N=1 and N=32, server CPU per GB "
                         "<= 1.3x nginx's, worst time to first byte <= 2x nginx's with one worker; peak RSS "
                         "< 200 MiB at N=32 (issue 3).")
