@@ -1,16 +1,17 @@
 """Scenario "stores": a cold image read through imgproxy from each real store, vs the store's own client.
 
 For each store kind (S3 on ``rclone serve s3``, Swift all-in-one, S3 on Swift's s3api) an
-imgproxy whose store is that bucket or container takes one upload, the image is dropped from
-its cache, and the same object is then read twice, cold each time:
+imgproxy whose store is that bucket or container takes one upload; then, ``repeats`` times
+(a pair), the image is dropped from its cache and the same object is read twice, cold each time:
 
 - ``imgproxy``: one curl downloads the image: the cache fills it with parallel ranged reads of
   4 MiB chunks, each verified against its address in the manifest;
 - ``direct``: the store's own client reads the object imgproxy wrote, once, sequentially, to
   nothing (obstore for S3; python-swiftclient's ``swift download`` for Swift).
 
-``vs_direct`` = direct seconds / imgproxy seconds (target >= 1.0: the chunked parallel fill is
-at least as fast as one sequential read). ``server_cpu_s_per_GB`` is imgproxy's process tree;
+``vs_direct`` = direct seconds / imgproxy seconds of a pair (target >= 1.0: the chunked parallel
+fill is at least as fast as one sequential read); rows give medians over the pairs, and the
+lowest and highest ``vs_direct``. ``server_cpu_s_per_GB`` is imgproxy's process tree;
 ``store_cpu_s_per_GB`` the store's own processes (rclone; Swift's proxy, object, container and
 account servers) during imgproxy's read and during the direct read: on 2 cores the store
 competes with imgproxy for CPU, and a read in 4 MiB ranges costs it more than one stream.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import time
 from typing import Any
@@ -66,53 +68,69 @@ def _store_cpu(pids: list[int]) -> float:
 
 
 def _through_imgproxy(ctx: RunContext, root: Any, config: dict[str, Any], image: ImageFile,
-                      read_direct: Any, store_pids: list[int]) -> tuple[float, dict[str, Any]]:
-    """Upload ``image`` into the store through imgproxy, drop it from the cache, read it cold
-    through imgproxy, then read the object imgproxy wrote with the store's own client
-    (``read_direct(image_id) -> seconds``). Returns (direct seconds, imgproxy figures);
-    ``store_pids`` are the store's processes, whose CPU is counted over both reads."""
+                      read_direct: Any, store_pids: list[int]) -> dict[str, Any]:
+    """Upload ``image`` into the store through imgproxy; then, ``repeats`` times: drop it from
+    the cache, read it cold through imgproxy, and read the object imgproxy wrote with the
+    store's own client (``read_direct(image_id) -> seconds``). Returns the figures (medians
+    over the pairs, and the spread of vs_direct); ``store_pids`` are the store's processes,
+    whose CPU is counted over both reads of each pair."""
     system = ImgproxySystem(root, workers=1, config={**config, "prune_interval": 0, "clean_interval": 0})
     system.start()
     try:
-        http = httpx.Client(base_url=system.url, timeout=1800)
-        image_id = http.post("/v2/images", json={"name": image.name, "disk_format": "raw",
-                                                 "container_format": "bare"}).json()["id"]
-        with image.path.open("rb") as f:
-            r = http.put(f"/v2/images/{image_id}/file", content=f,
-                         headers={"Content-Type": "application/octet-stream"})
-        if r.status_code != 204:
-            return 0.0, {"error": f"upload answered {r.status_code}: {r.text[:200]}"}
-        if http.delete(f"/v2/cache/{image_id}").status_code != 204:
-            return 0.0, {"error": "could not evict the image from the cache"}
-        gb = image.size / 1e9
-        store_before = _store_cpu(store_pids)
-        with ctx.metered(system) as usage:
-            [client] = curl_many(f"{system.url}/v2/images/{image_id}/file", 1, timeout=1800)
-        store_through = _store_cpu(store_pids) - store_before
-        http.close()
-        if not client["ok"] or client["bytes"] != image.size:
-            return 0.0, {"error": f"download: {client.get('error') or client.get('bytes')} bytes"}
-        store_before = _store_cpu(store_pids)
-        direct = read_direct(image_id)
-        store_direct = _store_cpu(store_pids) - store_before
-        return direct, {"seconds": client["total"], "cpu_s_per_GB": round(usage.cpu_s / gb, 3),
-                        "rss_MiB": round(usage.peak_rss / (1 << 20), 1),
-                        "store_cpu": f"{store_through / gb:.2f} / {store_direct / gb:.2f}",
-                        "floor_s": round((store_through + usage.cpu_s) / (os.cpu_count() or 1), 2)}
+        with httpx.Client(base_url=system.url, timeout=1800) as http:
+            image_id = http.post("/v2/images", json={"name": image.name, "disk_format": "raw",
+                                                     "container_format": "bare"}).json()["id"]
+            with image.path.open("rb") as f:
+                r = http.put(f"/v2/images/{image_id}/file", content=f,
+                             headers={"Content-Type": "application/octet-stream"})
+            if r.status_code != 204:
+                return {"error": f"upload answered {r.status_code}: {r.text[:200]}"}
+            pairs = []
+            for _ in range(max(1, ctx.profile.repeats)):
+                if http.delete(f"/v2/cache/{image_id}").status_code != 204:
+                    return {"error": "could not evict the image from the cache"}
+                pair = _pair(ctx, system, image, image_id, read_direct, store_pids)
+                if "error" in pair:
+                    return pair
+                pairs.append(pair)
+        summary = {key: statistics.median(p[key] for p in pairs) for key in pairs[0]}
+        ratios = [p["vs_direct"] for p in pairs]
+        return {**summary, "vs_direct_min": min(ratios), "vs_direct_max": max(ratios), "pairs": len(pairs)}
     finally:
         system.stop()
 
 
-def _row(result: ScenarioResult, store: str, direct_s: float, through: dict[str, Any], size: int) -> None:
+def _pair(ctx: RunContext, system: ImgproxySystem, image: ImageFile, image_id: str, read_direct: Any,
+          store_pids: list[int]) -> dict[str, Any]:
+    """One cold read through imgproxy, then one direct read."""
+    gb = image.size / 1e9
+    store_before = _store_cpu(store_pids)
+    with ctx.metered(system) as usage:
+        [client] = curl_many(f"{system.url}/v2/images/{image_id}/file", 1, timeout=1800)
+    store_through = _store_cpu(store_pids) - store_before
+    if not client["ok"] or client["bytes"] != image.size:
+        return {"error": f"download: {client.get('error') or client.get('bytes')} bytes"}
+    store_before = _store_cpu(store_pids)
+    direct = read_direct(image_id)
+    store_direct = _store_cpu(store_pids) - store_before
+    return {"direct_s": direct, "imgproxy_s": client["total"], "vs_direct": direct / client["total"],
+            "cpu_s_per_GB": usage.cpu_s / gb, "rss_MiB": usage.peak_rss / (1 << 20),
+            "store_through": store_through / gb, "store_direct": store_direct / gb,
+            "floor_s": (store_through + usage.cpu_s) / (os.cpu_count() or 1)}
+
+
+def _row(result: ScenarioResult, store: str, through: dict[str, Any], size: int) -> None:
     if "error" in through:
         result.rows.append({"store": store, "status": f"FAILED: {through['error']}"})
         result.failures.append(f"stores {store}: {through['error']}")
         return
     result.rows.append({
-        "store": store, "size_MiB": size >> 20, "direct_s": round(direct_s, 2), "imgproxy_s": round(through["seconds"], 2),
-        "vs_direct": round(direct_s / through["seconds"], 2), "server_cpu_s_per_GB": through["cpu_s_per_GB"],
-        "peak_rss_MiB": through["rss_MiB"], "store_cpu_s_per_GB": through["store_cpu"],
-        "cpu_floor_s": through["floor_s"], "status": "ok",
+        "store": store, "size_MiB": size >> 20, "direct_s": round(through["direct_s"], 2),
+        "imgproxy_s": round(through["imgproxy_s"], 2), "vs_direct": round(through["vs_direct"], 2),
+        "vs_direct_min": round(through["vs_direct_min"], 2), "vs_direct_max": round(through["vs_direct_max"], 2),
+        "server_cpu_s_per_GB": round(through["cpu_s_per_GB"], 3), "peak_rss_MiB": round(through["rss_MiB"], 1),
+        "store_cpu_s_per_GB": f"{through['store_through']:.2f} / {through['store_direct']:.2f}",
+        "cpu_floor_s": round(through["floor_s"], 2), "pairs": through["pairs"], "status": "ok",
     })
 
 
@@ -123,8 +141,8 @@ def run(ctx: RunContext) -> ScenarioResult:
     size = ctx.profile.stores_image_size
     result = ScenarioResult(
         NAME, f"Cold {size >> 20} MiB read from each store: imgproxy (cache fill) vs the store's own client",
-        ["store", "size_MiB", "direct_s", "imgproxy_s", "vs_direct", "server_cpu_s_per_GB", "peak_rss_MiB",
-         "store_cpu_s_per_GB", "cpu_floor_s", "status"],
+        ["store", "size_MiB", "direct_s", "imgproxy_s", "vs_direct", "vs_direct_min", "vs_direct_max",
+         "server_cpu_s_per_GB", "peak_rss_MiB", "store_cpu_s_per_GB", "cpu_floor_s", "pairs", "status"],
         plot={"x": "store", "series": "store", "panels": [
             {"y": "vs_direct", "ylabel": "direct time / imgproxy time"},
             {"y": "server_cpu_s_per_GB", "ylabel": "imgproxy CPU s per GB"},
@@ -141,12 +159,12 @@ def run(ctx: RunContext) -> ScenarioResult:
         try:
             s3 = {"endpoint": rclone.endpoint, "region": rclone.region, "access_key": rclone.access_key,
                   "secret_key": rclone.secret_key, "allow_http": True}
-            direct, through = _through_imgproxy(
+            through = _through_imgproxy(
                 ctx, work / "imgproxy-rclone", {"store": "s3://imgproxy/images", "s3": s3}, image,
                 lambda image_id: _read_s3_direct(rclone.endpoint, rclone.region, rclone.access_key,
                                                  rclone.secret_key, "imgproxy", f"images/{image_id}"),
                 [rclone.pid] if rclone.pid is not None else [])
-            _row(result, "s3 (rclone)", direct, through, size)
+            _row(result, "s3 (rclone)", through, size)
         finally:
             rclone.stop()
         if not swift_venv_ready():
@@ -160,19 +178,19 @@ def run(ctx: RunContext) -> ScenarioResult:
             for container in ("images", "imgproxy"):
                 httpx.put(f"{swift.storage_url}/{container}", headers={"X-Auth-Token": token}, timeout=30).raise_for_status()
             opts = {"auth_url": swift.auth_url, "user": swift.user, "key": swift.key}
-            direct, through = _through_imgproxy(
+            through = _through_imgproxy(
                 ctx, work / "imgproxy-swift", {"store": "swift://images", "swift": opts}, image,
                 lambda image_id: _read_swift_direct(str(swift_venv() / "bin"), swift.auth_url, swift.user, swift.key,
                                                     "images", image_id), swift_pids)
-            _row(result, "swift", direct, through, size)
+            _row(result, "swift", through, size)
             s3 = swift.s3
             opts3 = {"endpoint": s3.endpoint, "region": s3.region, "access_key": s3.access_key,
                      "secret_key": s3.secret_key, "allow_http": True}
-            direct, through = _through_imgproxy(
+            through = _through_imgproxy(
                 ctx, work / "imgproxy-swift-s3", {"store": "s3://imgproxy/images", "s3": opts3}, image,
                 lambda image_id: _read_s3_direct(s3.endpoint, s3.region, s3.access_key, s3.secret_key, "imgproxy",
                                                  f"images/{image_id}"), swift_pids)
-            _row(result, "s3 (swift s3api)", direct, through, size)
+            _row(result, "s3 (swift s3api)", through, size)
         finally:
             swift.stop()
     finally:
