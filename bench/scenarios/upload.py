@@ -48,6 +48,27 @@ def _step(ctx: RunContext, system: ImageApiSystem, image: Any) -> dict[str, Any]
     }
 
 
+def _row(result: ScenarioResult, name: str, size: int, samples: list[dict[str, Any]], limit: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"system": name, "size_MiB": size >> 20, **summarize(samples, ("MBps",))}
+    good = [s for s in samples if s["http"] < 300]
+    wrong = [s for s in good if not s["digests_ok"]]
+    codes = sorted({s["http"] for s in samples})
+    row["http"] = ",".join(str(c) for c in codes)
+    row["digests_ok"] = not wrong and bool(good)
+    if good:  # throughput of the uploads that were accepted
+        row.update(summarize([{k: s[k] for k in ("MBps", "seconds")} for s in good], ("MBps",)))
+        row["repeats"] = len(samples)
+    row["vs_hash_limit"] = round(row["MBps"] / limit, 2)
+    if wrong:
+        row["status"] = f"FAILED: wrong digests in {len(wrong)}/{len(samples)}"
+        result.failures.append(f"upload {name} {size >> 20} MiB: wrong digests after HTTP {row['http']}")
+    elif len(good) < len(samples):
+        row["status"] = f"refused {len(samples) - len(good)}/{len(samples)}: HTTP {row['http']}"
+    else:
+        row["status"] = "ok"
+    return row
+
+
 def run(ctx: RunContext) -> ScenarioResult:
     p = ctx.profile
     limit = hash_speed(64 << 20)["md5+sha512"]
@@ -62,38 +83,30 @@ def run(ctx: RunContext) -> ScenarioResult:
     for size in p.upload_sizes:
         image = make_image(ctx.work / "upload-files", f"upload-{size}.img", size)
         try:
+            systems: dict[str, ImageApiSystem] = {}
             for name in SYSTEMS:
                 system = ctx.system_or_row(result, name, size_MiB=size >> 20)
-                if system is None:
-                    continue
-                assert isinstance(system, ImageApiSystem)
-                ctx.progress.step(f"{name} {size >> 20} MiB")
-                try:
-                    samples = [_step(ctx, system, image) for _ in range(p.repeats)]
-                    row = {"system": name, "size_MiB": size >> 20, **summarize(samples, ("MBps",))}
-                except NotSupported as exc:
-                    result.not_run(name, str(exc), size_MiB=size >> 20)
-                    continue
-                except Exception as exc:
-                    result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", size_MiB=size >> 20)
-                    continue
-                good = [s for s in samples if s["http"] < 300]
-                wrong = [s for s in good if not s["digests_ok"]]
-                codes = sorted({s["http"] for s in samples})
-                row["http"] = ",".join(str(c) for c in codes)
-                row["digests_ok"] = not wrong and bool(good)
-                if good:  # throughput of the uploads that were accepted
-                    row.update(summarize([{k: s[k] for k in ("MBps", "seconds")} for s in good], ("MBps",)))
-                    row["repeats"] = len(samples)
-                row["vs_hash_limit"] = round(row["MBps"] / limit, 2)
-                if wrong:
-                    row["status"] = f"FAILED: wrong digests in {len(wrong)}/{len(samples)}"
-                    result.failures.append(f"upload {name} {size >> 20} MiB: wrong digests after HTTP {row['http']}")
-                elif len(good) < len(samples):
-                    row["status"] = f"refused {len(samples) - len(good)}/{len(samples)}: HTTP {row['http']}"
-                else:
-                    row["status"] = "ok"
-                result.rows.append(row)
+                if system is not None:
+                    assert isinstance(system, ImageApiSystem)
+                    systems[name] = system
+            # Systems take turns within each repeat, so a slow minute of a shared machine (or the
+            # disk still busy with the last system's files) does not fall on one system's repeats.
+            samples: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+            for _ in range(p.repeats):
+                for name, system in systems.items():
+                    if name not in samples:
+                        continue
+                    ctx.progress.step(f"{name} {size >> 20} MiB")
+                    try:
+                        samples[name].append(_step(ctx, system, image))
+                    except NotSupported as exc:
+                        result.not_run(name, str(exc), size_MiB=size >> 20)
+                        del samples[name]
+                    except Exception as exc:
+                        result.not_run(name, f"error: {type(exc).__name__}: {str(exc)[:200]}", size_MiB=size >> 20)
+                        del samples[name]
+            for name, taken in samples.items():
+                result.rows.append(_row(result, name, size, taken, limit))
         finally:
             image.path.unlink(missing_ok=True)
     return result
