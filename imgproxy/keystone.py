@@ -218,11 +218,10 @@ class KeystoneAuth:
                    cache_seconds=settings.token_cache_seconds)
 
     async def authenticate(self, headers: Mapping[str, str]) -> RequestContext | None:
-        token = headers.get("x-auth-token", "").strip()
+        token, service_token = _tokens(headers)
         if not token:
             return None
         service_roles: frozenset[str] = frozenset()
-        service_token = headers.get("x-service-token", "").strip()
         if service_token:
             sender = await self.identity(service_token)
             if sender is None:
@@ -234,11 +233,10 @@ class KeystoneAuth:
 
     def authenticate_now(self, headers: Mapping[str, str]) -> RequestContext | None:
         """As :meth:`authenticate` when every token it names is remembered valid; else None."""
-        token = headers.get("x-auth-token", "").strip()
+        token, service_token = _tokens(headers)
         if not token:
             return None
         service_roles: frozenset[str] = frozenset()
-        service_token = headers.get("x-service-token", "").strip()
         if service_token:
             sender = self._remembered(service_token)
             if sender is None:
@@ -308,6 +306,11 @@ class KeystoneAuth:
 
 def _cache_key(token: str, allow_expired: bool) -> str:
     return hashlib.sha256(token.encode()).hexdigest() + (":expired-ok" if allow_expired else "")
+
+
+def _tokens(headers: Mapping[str, str]) -> tuple[str, str]:
+    """The request's user token and service token ("" where absent)."""
+    return headers.get("x-auth-token", "").strip(), headers.get("x-service-token", "").strip()
 
 
 def _known_roles(identity: Identity) -> frozenset[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -213,7 +212,6 @@ def _server_socket(server: ServerProcess, client: socket.socket) -> dict[str, in
             for key in ("bytes_sent", "notsent")}
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the server socket's queue")
 def test_a_client_that_stops_reading_pins_little_unsent_data_in_the_server(
         in_place: tuple[ServerProcess, CacheClient]) -> None:
     server, api = in_place
