@@ -176,6 +176,17 @@ def _tiny_run(tmp_path: Path, only: list[str], systems: list[str], **sizes: obje
     return {r.name: r for r in results}
 
 
+def test_upload_takes_turns_with_the_digest_floor_and_checks_both_digests(tmp_path: Path) -> None:
+    results = _tiny_run(tmp_path, ["upload"], ["imgproxy-1w", "floor"], upload_sizes=(3 * 1024 * KiB + 5,), repeats=2)
+    rows = {r["system"]: r for r in results["upload"].rows}
+    assert set(rows) == {"imgproxy-1w", "floor"}, results["upload"].rows
+    for row in rows.values():  # each stored (or sink-computed) md5 and sha512 equal the file's own
+        assert row["status"] == "ok" and row["digests_ok"] and row["repeats"] == 2, row
+        assert row["MBps"] > 0 and row["server_cpu_s"] > 0, row
+        assert row["vs_glance"] is None, row  # no Glance in this run: no ratio made up
+    assert any("floor" in note for note in results["upload"].notes)
+
+
 def test_cold_storm_and_herd_read_each_upstream_byte_once_through_imgproxy_and_nginx_slice(tmp_path: Path) -> None:
     results = _tiny_run(
         tmp_path, ["boot_storm", "herd"], ["imgproxy-1w", "nginx-slice-lock"],
