@@ -41,7 +41,8 @@ from .manifest import Manifest, ManifestTable
 from .prefetch import PrefetchQueue, PrefetchResult, Resolver, prefetch_all
 from .pruner import PruneResult
 from .file_slice import FileSlice
-from .reader import Pins, Reader
+from .pins import Pins
+from .reader import Reader
 from .txn import DbWriter, write_txn
 from .verified import VerifiedRanges
 

@@ -25,7 +25,7 @@ from .digests import ImageDigests
 from .errors import CacheError
 from .index import PendingWrites
 from .manifest import Manifest
-from .reader import Pins
+from .pins import Pins
 
 __all__ = ["Ingest"]
 

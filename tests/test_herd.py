@@ -71,14 +71,14 @@ def download(base_url: str, token: str, image_id: str, out: Outcome, go: threadi
         conn.close()
 
 
-def wait_cached_then_evict(admin: httpx.Client, image_id: str) -> None:
+def wait_cached_then_evict(admin: httpx.Client, image_id: str, size: int = SIZE) -> None:
     """Prefetch the image (its verify pass rides along), wait until it is cached whole, then
     evict it: cold again, but with every chunk address known."""
     assert admin.put(f"/v2/cache/{image_id}").status_code == 202
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         entries = [e for e in admin.get("/v2/cache").json().get("cached_images", []) if e["image_id"] == image_id]
-        if entries and entries[0]["size"] == SIZE:
+        if entries and entries[0]["size"] == size:
             break
         time.sleep(0.05)
     else:
