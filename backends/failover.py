@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 
-from .base import BackendError, BackendNotFound, BackendUnavailable, ByteRange, ReadBackend
+from .base import BackendError, BackendNotFound, BackendUnavailable, ByteRange, ReadBackend, read_chunks
 
 __all__ = ["FailoverBackend", "Copy"]
 
@@ -32,6 +32,7 @@ class FailoverBackend:
             raise ValueError("a failover read needs at least one copy")
         self.copies = list(copies)
         self._first = 0
+        self.read_chunks = min(read_chunks(backend) for _, backend, _ in self.copies)
 
     def _order(self) -> list[int]:
         """Copy indexes to try: the one that answered last, then the others in order."""

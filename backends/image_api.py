@@ -69,6 +69,8 @@ class ImageApiBackend:
     and drops the spooled sequential reads.
     """
 
+    read_chunks = 2  # each GET is authorized upstream: two chunks per read (backends.base.read_chunks)
+
     def __init__(self, token: TokenSource, options: HttpOptions | None = None, *,
                  spool_dir: Path | None = None, retries: int = 3) -> None:
         self.options = options or HttpOptions()

@@ -80,6 +80,8 @@ class S3Backend:
     and every call makes its own request.
     """
 
+    read_chunks = 2  # each GET is signed and looked up: two chunks per read (backends.base.read_chunks)
+
     def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
         self.bucket = bucket
         self.prefix = prefix

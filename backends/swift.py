@@ -61,6 +61,8 @@ class SwiftBackend:
     Safe to share between the tasks of one event loop; :meth:`aclose` closes the client.
     """
 
+    read_chunks = 4  # each GET passes the proxy and an object server: four chunks per read (backends.base.read_chunks)
+
     def __init__(self, container: str, prefix: str, options: SwiftOptions) -> None:
         self.container = container
         self.prefix = prefix

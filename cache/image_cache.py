@@ -66,6 +66,7 @@ class ImageCache:
                  high_watermark: float, low_watermark: float, upstream_retries: int,
                  audit_bytes_per_second: int, stale_temp_age: float, stall_timeout: float = 60.0,
                  flush_interval: float = 1.0, io_threads: int = 4, readahead_chunks: int = 2,
+                 fill_read_chunks: int = 0,
                  max_fills: int = 32, fill_memory: int = 96 * MiB, writer: DbWriter | None = None) -> None:
         """``stall_timeout``: seconds without a byte before a store read (or a tailed fill of
         another process) counts as stalled. ``max_fills``/``fill_memory``: fills in flight
@@ -95,7 +96,8 @@ class ImageCache:
                                  stall_timeout=stall_timeout, reserve=self._reserve)
         self.verified = VerifiedRanges()  # chunks on disk verified lately: not hashed again per read
         self.reader = Reader(self.store, self.pending, self.runner, self.pins, self._spawn, verifier=self._verify,
-                             admission=self.admission, readahead=readahead_chunks, verified=self.verified)
+                             admission=self.admission, readahead=readahead_chunks,
+                             read_chunks=fill_read_chunks, verified=self.verified)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Task[None] | None = None

@@ -1,151 +1,128 @@
-"""One store read for two neighbouring chunks: the read-ahead asks a remote store for 8 MiB, not 4.
+"""One store read for a run of neighbouring chunks: the read-ahead asks a remote store for
+several chunks at once, not one request per chunk.
 
-Every ranged GET costs a remote store per request (rclone's S3: ~0.7 ms of CPU each, on the
-2 cores it shares with us; Swift more), and a fill costs imgproxy per chunk. A read-ahead fill
-of chunk ``k`` and the fill of chunk ``k + 1`` started with it therefore share one read of
-``[k.start, (k+1).end)``: the lead fill takes the first chunk's bytes, then hands the same
-read, positioned at the boundary, to the follower. Each fill still owns its chunk (its lock,
-its part file, its verification); only the store read is shared, and every byte is still read
-from the store once.
+Every ranged GET costs a remote store per request (rclone's S3: ~0.7 ms of CPU each, Swift
+several, on the 2 cores it shares with us here), and a remote store serves one long read
+more cheaply than many short ones. A read-ahead fill therefore takes the next missing chunks
+along: their fills share one read of ``[first.start, last.end)``. The fill of the first chunk
+starts the read and takes its chunk's bytes, then hands the read, positioned at the boundary,
+to the fill of the next chunk, and so on. Each fill still owns its chunk (its lock, its part
+file, its verification); only the store read is shared, and every byte is read from the
+store once.
 
-The two :class:`JointRead` views are the fills' ``source``. A view reads privately (its own
+The :class:`JointRead`'s views are the fills' ``source``. A view reads privately (its own
 store read) whenever the joint read cannot serve it: a range other than its chunk's (a retry
-from the middle), the lead gone before the boundary (failed, cancelled, or not reading because
-its chunk turned up on disk), or a second call. The follower waits for the hand-over only while
-the lead fill is alive; a follower that ends first has the rest of the read closed at the
-boundary.
+from the middle), a second call, or the read broken before its turn: a fill before it failed,
+was cancelled, or ended without reading (its chunk turned up on disk). A fill waits for its
+turn only while the fills before it are alive, so none waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from backends.base import BackendUnavailable, ByteRange, ReadBackend
 
 __all__ = ["JointRead"]
 
-# new -> leading -> handed -> following -> over; any state but following/over -> broken.
-_NEW, _LEADING, _HANDED, _FOLLOWING, _OVER, _BROKEN = range(6)
-
 
 class JointRead:
-    """One read of ``lead`` + ``follow`` (adjacent ranges of ``location``) from ``source``.
+    """One read of adjacent ``sections`` of ``location`` from ``source``; ``views[i]`` is section ``i``'s.
 
-    Runs on one event loop. ``spawn`` runs the closing of a store read left behind
-    (the reader's task spawner, so shutdown waits for it). Tell it when each fill's task
-    ends (:meth:`lead_ended`, :meth:`follow_ended`).
+    Runs on one event loop. ``spawn`` runs the closing of a store read left behind (the
+    reader's task spawner, so shutdown waits for it). Tell it when each fill's task ends
+    (:meth:`ended`).
     """
 
-    def __init__(self, source: ReadBackend, location: str, lead: ByteRange, follow: ByteRange,
+    def __init__(self, source: ReadBackend, location: str, sections: Sequence[ByteRange],
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
-        if lead.end != follow.start:
-            raise ValueError(f"ranges {lead} and {follow} are not adjacent")
+        if len(sections) < 2 or any(a.end != b.start for a, b in zip(sections, sections[1:])):
+            raise ValueError(f"not a run of adjacent ranges: {sections}")
         self.source, self.location = source, location
-        self.lead_range, self.follow_range = lead, follow
+        self.sections = tuple(sections)
         self._spawn = spawn
-        self._state = _NEW
+        self._turn = 0  # the section whose view may take the read now
+        self._alive = [True] * len(sections)
+        self._broken = False
         self._read: AsyncIterator[bytes] | None = None
-        self._leftover = b""  # bytes past the boundary that came in the lead's last piece
-        self._lead_alive = True
-        self._follower_alive = True
+        self._leftover = b""  # bytes past a boundary that came in the last piece before it
         self._changed = asyncio.Event()
-        self._shared = False
-        self.lead = _View(self, lead=True)
-        self.follow = _View(self, lead=False)
+        self.handovers = 0  # sections served from the read another section started
+        self.views = [_View(self, i) for i in range(len(sections))]
 
-    @property
-    def shared(self) -> bool:
-        """The follower took over the lead's read at the boundary."""
-        return self._shared
+    def ended(self, index: int) -> None:
+        """Section ``index``'s fill is gone (or reads elsewhere): if the read waits for it, nobody takes it."""
+        self._alive[index] = False
+        if self._turn == index:
+            self._break()
 
-    def lead_ended(self) -> None:
-        self._lead_alive = False
-        self._changed.set()
+    # -- the sections' reads --------------------------------------------------------------
 
-    def follow_ended(self) -> None:
-        self._follower_alive = False
-        if self._state == _HANDED:
-            self._close_read()
-            self._state = _OVER
-
-    # -- the two readers --------------------------------------------------------------
-
-    async def _lead(self) -> AsyncIterator[bytes]:
-        self._state = _LEADING
-        self._read = self.source.read(self.location, ByteRange(self.lead_range.start, self.follow_range.end))
-        pos, end, handed = self.lead_range.start, self.lead_range.end, False
+    async def _section(self, index: int) -> AsyncIterator[bytes]:
         try:
-            while pos < end:
-                try:
-                    piece = await anext(self._read)
-                except StopAsyncIteration:
-                    raise BackendUnavailable(f"store read ended at {pos} of {self.follow_range.end}",
-                                             location=self.location) from None
-                if pos + len(piece) > end:
-                    self._leftover = piece[end - pos:]
-                    piece = piece[:end - pos]
-                pos += len(piece)
-                if pos == end:  # hand over first: the fill closes this view once it has the last byte
-                    handed = True
-                    self._hand_over()
-                yield piece
-        finally:
-            if not handed:
-                self._break()
-
-    async def _follow(self) -> AsyncIterator[bytes]:
-        while self._state in (_NEW, _LEADING) and self._lead_alive:
-            self._changed.clear()
-            await self._changed.wait()
-        if self._state != _HANDED:  # the lead read nothing, or did not get to the boundary
-            self._state = _BROKEN
-            async for piece in _private(self.source, self.location, self.follow_range):
+            while not self._broken and self._turn < index:
+                self._changed.clear()
+                await self._changed.wait()
+        except BaseException:
+            self.ended(index)  # gone before its turn: the read stops at its boundary
+            raise
+        if self._broken:  # a section before this one will not get to its end
+            async for piece in _private(self.source, self.location, self.sections[index]):
                 yield piece
             return
-        self._state, self._shared = _FOLLOWING, True
-        read, self._read = self._read, None
-        assert read is not None
-        try:
-            if self._leftover:
-                yield self._leftover
-                self._leftover = b""
-            async for piece in read:
-                yield piece
-        finally:
-            self._state = _OVER
-            await _aclose(read)
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _hand_over(self) -> None:
-        if self._follower_alive:
-            self._state = _HANDED
+        if index == 0:
+            self._read = self.source.read(self.location, ByteRange(self.sections[0].start, self.sections[-1].end))
         else:
-            self._close_read()
-            self._state = _OVER
+            self.handovers += 1
+        read = self._read
+        assert read is not None
+        pos, end, done = self.sections[index].start, self.sections[index].end, False
+        try:
+            while not done:
+                if self._leftover:
+                    piece, self._leftover = self._leftover, b""
+                else:
+                    try:
+                        piece = await anext(read)
+                    except StopAsyncIteration:
+                        raise BackendUnavailable(f"store read ended at {pos} of {self.sections[-1].end}",
+                                                 location=self.location) from None
+                if pos + len(piece) > end:
+                    self._leftover, piece = piece[end - pos:], piece[:end - pos]
+                pos, done = self._step(index, pos, len(piece))  # hands over before the last piece goes:
+                yield piece  # the fill closes this view once it has its last byte
+        finally:
+            if not done:
+                self._break()
+
+    def _step(self, index: int, pos: int, got: int) -> tuple[int, bool]:
+        pos += got
+        if pos < self.sections[index].end:
+            return pos, False
+        self._turn = index + 1
+        if self._turn == len(self.sections) or not self._alive[self._turn]:
+            self._break()  # the last section, or the next one's fill is gone: the rest stays unread
         self._changed.set()
+        return pos, True
 
     def _break(self) -> None:
-        self._state = _BROKEN
-        self._close_read()
-        self._changed.set()
-
-    def _close_read(self) -> None:
+        self._broken = True
         read, self._read = self._read, None
         self._leftover = b""
         if read is not None:
             self._spawn(_aclose(read))
+        self._changed.set()
 
 
 class _View:
-    """What one fill sees as its store: the joint read for its own range, once; else a private read."""
+    """What one fill sees as its store: the joint read for its own section, once; else a private read."""
 
-    def __init__(self, joint: JointRead, *, lead: bool) -> None:
+    def __init__(self, joint: JointRead, index: int) -> None:
         self._joint = joint
-        self._is_lead = lead
+        self._index = index
         self._used = False
 
     async def size(self, location: str) -> int:
@@ -153,14 +130,11 @@ class _View:
 
     def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
         joint = self._joint
-        mine = joint.lead_range if self._is_lead else joint.follow_range
         first, self._used = not self._used, True
-        if first and location == joint.location and byte_range == mine:
-            return joint._lead() if self._is_lead else joint._follow()
-        if first and self._is_lead:
-            joint._break()  # the lead reads elsewhere: the follower must not wait for it
-        elif first:
-            joint.follow_ended()  # the follower reads elsewhere: the lead stops at the boundary
+        if first and location == joint.location and byte_range == joint.sections[self._index]:
+            return joint._section(self._index)
+        if first:
+            joint.ended(self._index)  # reads elsewhere: the joint read must not wait for it
         return joint.source.read(location, byte_range)
 
     async def aclose(self) -> None:

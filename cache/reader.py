@@ -28,6 +28,7 @@ when its reader leaves (see :mod:`cache.fill_buffer`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -38,7 +39,7 @@ from typing import Any
 
 import xxhash
 
-from backends.base import PIECE_SIZE, ByteRange, ReadBackend, local_file
+from backends.base import PIECE_SIZE, ByteRange, ReadBackend, local_file, read_chunks
 
 from .admission import Admission
 from .chunks import ChunkStore
@@ -66,7 +67,8 @@ class Reader:
 
     def __init__(self, store: ChunkStore, pending: PendingWrites, runner: FillRunner, pins: Pins,
                  spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]], *, verifier: Executor,
-                 admission: Admission, readahead: int = 2, verified: VerifiedRanges | None = None) -> None:
+                 admission: Admission, readahead: int = 2, read_chunks: int = 0,
+                 verified: VerifiedRanges | None = None) -> None:
         self.store = store
         self.verified = verified if verified is not None else VerifiedRanges()
         self.pending = pending
@@ -77,6 +79,7 @@ class Reader:
         self.admission = admission
         self._fills: dict[str, Fill] = {}
         self.readahead = readahead  # chunks filled ahead of the one being sent
+        self.read_chunks = read_chunks  # chunks a read-ahead fill reads at once (0: the store's own)
 
     @property
     def active_fills(self) -> int:
@@ -222,7 +225,7 @@ class Reader:
         self.pending.hit(image_id, count_hit)
         cs = manifest.chunk_size
         walk = _Walk(image_id, manifest, source, location, (byte_range.end - 1) // cs, local_file(source, location),
-                     slices)
+                     slices, self.read_chunks or read_chunks(source))
         try:
             for index in range(byte_range.start // cs, walk.last + 1):
                 span = manifest.chunk_range(index)
@@ -235,7 +238,8 @@ class Reader:
 
     def _ahead(self, walk: _Walk, index: int) -> None:
         """Start (or join) the fills of the chunks after ``index``, while grants are free."""
-        for later in range(index + 1, min(walk.last, index + self.readahead) + 1):
+        # ``readahead`` store reads ahead: as many requests in flight, whatever their length.
+        for later in range(index + 1, min(walk.last, index + self.readahead * walk.read_chunks) + 1):
             if not self._missing(walk, later):
                 continue
             spec = self._spec(walk.image_id, walk.manifest, later, walk.source, walk.location)
@@ -248,20 +252,26 @@ class Reader:
         return not (index in walk.ahead or self._local(walk, index) or self._cached(walk.image_id, walk.manifest, index))
 
     def _start_ahead(self, walk: _Walk, spec: FillSpec) -> Fill | None:
-        """A new read-ahead fill of ``spec`` if a grant is free now. The next chunk, if missing
-        too (and a second grant is free), is filled along with it from one store read."""
+        """A new read-ahead fill of ``spec`` if a grant is free now. The next chunks, while
+        missing too (and grants are free), up to ``read_chunks`` in all, are filled along
+        with it from one store read."""
         if not self.admission.try_acquire(spec.span.length):
             return None
-        lead_ended: Callable[[], None] | None = None
-        nxt = spec.index + 1
-        if nxt <= walk.last and self._missing(walk, nxt):
-            pair = self._spec(walk.image_id, walk.manifest, nxt, walk.source, walk.location)
-            if pair.key not in self._fills and self.admission.try_acquire(pair.span.length):
-                joint = JointRead(spec.source, spec.location, spec.span, pair.span, self._spawn)
-                walk.ahead[nxt] = self._start(replace(pair, source=joint.follow), joint.follow_ended)
-                walk.ahead[nxt].claim(demand=False)
-                spec, lead_ended = replace(spec, source=joint.lead), joint.lead_ended
-        fill = self._start(spec, lead_ended)
+        run = [spec]
+        for index in range(spec.index + 1, min(walk.last, spec.index + walk.read_chunks - 1) + 1):
+            more = self._spec(walk.image_id, walk.manifest, index, walk.source, walk.location)
+            if not self._missing(walk, index) or more.key in self._fills or not self.admission.try_acquire(
+                    more.span.length):
+                break
+            run.append(more)
+        if len(run) == 1:
+            fill = self._start(spec)
+        else:
+            joint = JointRead(spec.source, spec.location, [one.span for one in run], self._spawn)
+            fill = self._start(replace(spec, source=joint.views[0]), functools.partial(joint.ended, 0))
+            for i, one in enumerate(run[1:], 1):
+                walk.ahead[one.index] = self._start(replace(one, source=joint.views[i]), functools.partial(joint.ended, i))
+                walk.ahead[one.index].claim(demand=False)
         fill.claim(demand=False)
         return fill
 
@@ -351,6 +361,7 @@ class _Walk:
     last: int  # index of the last chunk of the range
     local: Path | None  # the image's file in a local store, read in place of the cache
     slices: bool  # chunks on disk as FileSlices (else as bytes)
+    read_chunks: int = 1  # chunks per store read
     ahead: dict[int, Fill] = field(default_factory=dict)
     opening: dict[int, asyncio.Future[_Opened | None]] = field(default_factory=dict)
 

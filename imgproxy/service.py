@@ -123,6 +123,7 @@ def open_cache(settings: Settings, env: lmdb.Environment, writer: DbWriter | Non
         stale_temp_age=settings.stale_temp_age,
         stall_timeout=settings.upstream_timeout,
         readahead_chunks=settings.readahead_chunks,
+        fill_read_chunks=settings.fill_read_chunks,
         max_fills=settings.max_fills,
         fill_memory=settings.fill_memory,
         writer=writer,

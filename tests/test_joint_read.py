@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.base import PIECE_SIZE, ByteRange
+from backends.base import PIECE_SIZE, ByteRange, read_chunks
 from backends.file import FileBackend
 from cache.joint_read import JointRead
 from tests.nginx_fixtures import NginxStore, nginx_store_factory  # noqa: F401 - fixture
@@ -59,7 +59,7 @@ def joint(store: CountingStore, location: str) -> tuple[JointRead, set[asyncio.T
 
     def spawn(coro: object) -> None:
         spawned.add(asyncio.ensure_future(coro))  # type: ignore[arg-type]
-    return JointRead(store, location, LEAD, FOLLOW, spawn), spawned
+    return JointRead(store, location, [LEAD, FOLLOW], spawn), spawned
 
 
 async def take(read: AsyncIterator[bytes], limit: int | None = None) -> bytes:
@@ -83,19 +83,19 @@ async def settle(spawned: set[asyncio.Task[None]]) -> None:
 async def test_lead_then_follower_read_their_bytes_through_one_store_read(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    lead, follow = await asyncio.gather(take(j.lead.read(location, LEAD)), take(j.follow.read(location, FOLLOW)))
+    lead, follow = await asyncio.gather(take(j.views[0].read(location, LEAD)), take(j.views[1].read(location, FOLLOW)))
     assert lead == data[:LEAD.end] and follow == data[FOLLOW.start:]
     assert backend.opened == [ByteRange(LEAD.start, FOLLOW.end)] and backend.closed == 1
-    assert j.shared
+    assert j.handovers == 1
 
 
 async def test_a_follower_that_asks_first_waits_for_the_boundary(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.follow.read(location, FOLLOW)))
+    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
     await asyncio.sleep(0.05)
     assert not follower.done() and backend.opened == []  # nothing read while the lead has not started
-    assert await take(j.lead.read(location, LEAD)) == data[:LEAD.end]
+    assert await take(j.views[0].read(location, LEAD)) == data[:LEAD.end]
     assert await follower == data[FOLLOW.start:]
     assert len(backend.opened) == 1
 
@@ -103,19 +103,19 @@ async def test_a_follower_that_asks_first_waits_for_the_boundary(store: tuple[Co
 async def test_a_lead_that_never_reads_lets_the_follower_read_alone(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.follow.read(location, FOLLOW)))
+    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
     await asyncio.sleep(0.01)
-    j.lead_ended()  # e.g. its chunk turned up on disk
+    j.ended(0)  # e.g. its chunk turned up on disk
     assert await follower == data[FOLLOW.start:]
-    assert backend.opened == [FOLLOW] and not j.shared
+    assert backend.opened == [FOLLOW] and j.handovers == 0
 
 
 async def test_a_lead_stopped_before_the_boundary_sends_the_follower_to_its_own_read(
         store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, spawned = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.follow.read(location, FOLLOW)))
-    assert await take(j.lead.read(location, LEAD), limit=1) == data[:PIECE_SIZE]  # then it gives up
+    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
+    assert await take(j.views[0].read(location, LEAD), limit=1) == data[:PIECE_SIZE]  # then it gives up
     assert await follower == data[FOLLOW.start:]
     await settle(spawned)
     assert backend.opened == [ByteRange(LEAD.start, FOLLOW.end), FOLLOW]
@@ -125,21 +125,46 @@ async def test_a_lead_stopped_before_the_boundary_sends_the_follower_to_its_own_
 async def test_a_follower_gone_before_the_boundary_has_the_rest_closed(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, spawned = joint(backend, location)
-    j.follow_ended()
-    assert await take(j.lead.read(location, LEAD)) == data[:LEAD.end]
+    j.ended(1)
+    assert await take(j.views[0].read(location, LEAD)) == data[:LEAD.end]
     await settle(spawned)
-    assert backend.closed == 1 and not j.shared
+    assert backend.closed == 1 and j.handovers == 0
 
 
 async def test_a_retry_from_the_middle_reads_privately(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    lead = await take(j.lead.read(location, LEAD))
+    lead = await take(j.views[0].read(location, LEAD))
     middle = ByteRange(FOLLOW.start + 100, FOLLOW.end)  # a follower that already had 100 bytes
-    assert await take(j.follow.read(location, middle)) == data[middle.start:]
+    assert await take(j.views[1].read(location, middle)) == data[middle.start:]
     assert lead == data[:LEAD.end] and backend.opened[-1] == middle
-    again = await take(j.lead.read(location, LEAD))  # a second read of the lead's range: its own
+    again = await take(j.views[0].read(location, LEAD))  # a second read of the lead's range: its own
     assert again == data[:LEAD.end] and backend.opened[-1] == LEAD
+
+
+async def test_small_sections_are_cut_out_of_one_store_piece_and_handed_down_a_run(
+        store: tuple[CountingStore, str, bytes]) -> None:
+    backend, location, data = store
+    sections = [ByteRange(i * 1000, (i + 1) * 1000) for i in range(4)]  # four sections in one 1 MiB piece
+    spawned: set[asyncio.Task[None]] = set()
+    j = JointRead(backend, location, sections, lambda coro: spawned.add(asyncio.ensure_future(coro)))
+    got = await asyncio.gather(*(take(j.views[i].read(location, r)) for i, r in reversed(list(enumerate(sections)))))
+    assert got == [data[r.start:r.end] for r in reversed(sections)]
+    assert backend.opened == [ByteRange(0, 4000)] and j.handovers == 3
+
+
+async def test_a_gone_middle_section_sends_the_later_ones_to_their_own_reads(
+        store: tuple[CountingStore, str, bytes]) -> None:
+    backend, location, data = store
+    sections = [ByteRange(0, 5000), ByteRange(5000, 9000), ByteRange(9000, 12000)]
+    spawned: set[asyncio.Task[None]] = set()
+    j = JointRead(backend, location, sections, lambda coro: spawned.add(asyncio.ensure_future(coro)))
+    last = asyncio.ensure_future(take(j.views[2].read(location, sections[2])))
+    j.ended(1)  # its chunk was found on disk: it will never take the read
+    assert await take(j.views[0].read(location, sections[0])) == data[:5000]
+    assert await last == data[9000:12000]
+    await settle(spawned)
+    assert backend.opened == [ByteRange(0, 12000), sections[2]] and backend.closed == 2
 
 
 def test_a_cold_sequential_read_asks_the_store_for_two_chunks_at_a_time(
@@ -148,7 +173,7 @@ def test_a_cold_sequential_read_asks_the_store_for_two_chunks_at_a_time(
     data = os.urandom(chunks * CHUNK - 99)
     nginx = nginx_store_factory()
     url = nginx.put("joint.img", data)
-    server = server_factory(config={"chunk_size": CHUNK})
+    server = server_factory(config={"chunk_size": CHUNK, "fill_read_chunks": 2})  # an http store's own is 1
     with httpx.Client(base_url=server.url, headers={"X-Auth-Token": server.admin_token}, timeout=30) as admin:
         image_id = new_image(admin, name="joint")
         assert add_location(admin, image_id, url, digests(data)).status_code == 202
@@ -160,3 +185,21 @@ def test_a_cold_sequential_read_asks_the_store_for_two_chunks_at_a_time(
     assert body_bytes(nginx) - before == len(data)  # each byte read from the store once
     # The first chunk alone (the reader waits for it), then read-ahead in pairs: 16 chunks in 9 reads.
     assert 1 < len(gets) <= 1 + chunks // 2, gets
+    assert all("bytes=" in line for line in gets)  # still ranged reads, as many in flight as before
+
+
+def test_each_store_kind_says_how_many_chunks_a_read_takes_through_its_wrappers(tmp_path: Path) -> None:
+    from backends.failover import FailoverBackend
+    from backends.http import HttpBackend
+    from backends.s3 import S3Backend
+    from backends.swift import SwiftBackend
+    from imgproxy.ops.metrics import Metrics
+    from imgproxy.ops.store_meter import MeteredStore
+
+    assert (read_chunks(FileBackend(tmp_path)), S3Backend.read_chunks, SwiftBackend.read_chunks) == (1, 2, 4)
+    assert read_chunks(HttpBackend.__new__(HttpBackend)) == 1  # per-connection limits: keep parallel requests
+    swift = SwiftBackend.__new__(SwiftBackend)
+    metered = MeteredStore(FailoverBackend([("a", swift, "x")]), "a", Metrics())
+    assert read_chunks(metered) == 4
+    both = FailoverBackend([("a", swift, "x"), ("b", FileBackend(tmp_path), "y")])
+    assert read_chunks(both) == 1  # the most careful of the copies

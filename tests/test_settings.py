@@ -83,6 +83,8 @@ def test_settings_are_frozen() -> None:
         ("upstream_retries", "-1"),
         ("readahead_chunks", "-1"),
         ("readahead_chunks", "1000"),
+        ("fill_read_chunks", "-1"),
+        ("fill_read_chunks", "65"),
         ("max_fills", "0"),
         ("max_fills", "5000"),
         ("fill_memory", "1024"),

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from backends import ByteRange, ReadBackend
+from backends.base import read_chunks
 
 from .metrics import Metrics
 
@@ -23,6 +24,7 @@ class MeteredStore:
 
     def __init__(self, inner: ReadBackend, store: str, metrics: Metrics) -> None:
         self.inner = inner
+        self.read_chunks = read_chunks(inner)
         self._bytes = metrics.store_bytes.labels(store)
         self._first = metrics.store_first_byte.labels(store)
         self._whole = metrics.fill_seconds.labels(store)

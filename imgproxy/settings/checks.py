@@ -50,6 +50,8 @@ def check(s: Settings) -> None:
         raise SettingsError("upstream_retries", "must not be negative")
     if not 0 <= s.readahead_chunks <= 64:
         raise SettingsError("readahead_chunks", "must be in 0 .. 64")
+    if not 0 <= s.fill_read_chunks <= 64:
+        raise SettingsError("fill_read_chunks", "must be in 0 .. 64 (0: each store's own)")
     if not 1 <= s.max_fills <= 4096:
         raise SettingsError("max_fills", "must be in 1 .. 4096")
     if s.fill_memory < s.chunk_size:

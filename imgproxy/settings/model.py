@@ -83,6 +83,9 @@ class Settings:
     upstream_retries: int = 3
     # Chunks a reader fills ahead of the one it is sending (parallel ranged reads upstream).
     readahead_chunks: int = 2
+    # Chunks a read-ahead fill asks the store for in one read (the next missing ones ride along);
+    # 0: each store kind's own (backends.base.read_chunks).
+    fill_read_chunks: int = 0
     # Edge mode: the image API this service caches in front of ("" = none; it keeps its own images).
     upstream_api: str = ""
     # The edge's own token for the upstream, for work no caller asked for (prefetching).
