@@ -225,6 +225,7 @@ def test_stores_reads_each_real_store_through_imgproxy_and_directly(tmp_path: Pa
         assert row["status"] == "ok", row
         assert row["direct_s"] > 0 and row["imgproxy_s"] > 0 and row["server_cpu_s_per_GB"] > 0
         assert 0 < row["cpu_floor_s"] <= row["imgproxy_s"] * 1.2, row  # a floor, not above the time it bounds
+        assert 0 <= row["store_busiest_s"] <= row["cpu_floor_s"], row  # one store process's share of it
 
 
 def test_edge_sends_each_central_byte_once_whatever_the_nodes(tmp_path: Path) -> None:
