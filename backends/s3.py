@@ -80,7 +80,9 @@ class S3Backend:
     and every call makes its own request.
     """
 
-    read_chunks = 2  # each GET is signed and looked up: two chunks per read (backends.base.read_chunks)
+    # Each GET is signed, authorized and looked up (and billed, on AWS): four chunks per read
+    # (backends.base.read_chunks; Swift's s3api, cold 1 GiB: vs_direct 0.84-0.89 with 4, 0.75-0.80 with 2).
+    read_chunks = 4
 
     def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
         self.bucket = bucket

@@ -6,7 +6,7 @@ imgproxy whose store is that bucket or container takes one upload; then, ``repea
 
 - ``imgproxy``: one curl downloads the image: the cache fills its 4 MiB chunks, each verified
   against its address in the manifest, by parallel ranged reads of a few chunks each (the
-  store kind's ``read_chunks``: 2 for S3, 4 for Swift, see :func:`backends.base.read_chunks`);
+  store kind's ``read_chunks``: 4 for S3 and Swift, see :func:`backends.base.read_chunks`);
 - ``direct``: the store's own client reads the object imgproxy wrote, once, sequentially, to
   nothing (obstore for S3; python-swiftclient's ``swift download`` for Swift).
 
@@ -209,7 +209,7 @@ def run(ctx: RunContext) -> ScenarioResult:
     result.notes.append("Target (issue 8): vs_direct >= 1.0 for every store. direct: one sequential read by the "
                         "store's own client (obstore for S3, python-swiftclient for Swift), to nothing; imgproxy: "
                         "a cold download of an image it stored, the cache filling 4 MiB chunks, each verified (xxh3) "
-                        "against the manifest, by parallel ranged reads of 2 chunks each (S3) or 4 (Swift). store_cpu_s_per_GB: the store's own "
+                        "against the manifest, by parallel ranged reads of 4 chunks each. store_cpu_s_per_GB: the store's own "
                         "processes during imgproxy's read / during the direct read (Swift's all-in-one runs with a "
                         "memcached, as production Swift does; each ranged GET still costs its proxy and object "
                         "server a request). cpu_floor_s: (store CPU + imgproxy CPU during imgproxy's read) / "
