@@ -81,7 +81,8 @@ class Settings:
     # Upstream reads.
     upstream_timeout: float = 30.0
     upstream_retries: int = 3
-    # Chunks a reader fills ahead of the one it is sending (parallel ranged reads upstream).
+    # Store reads a reader keeps in flight ahead of the chunk it is sending (parallel ranged reads
+    # upstream), each of fill_read_chunks chunks.
     readahead_chunks: int = 2
     # Chunks a read-ahead fill asks the store for in one read (the next missing ones ride along);
     # 0: each store kind's own (backends.base.read_chunks).
