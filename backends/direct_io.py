@@ -11,6 +11,7 @@ is written buffered instead.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -49,6 +50,14 @@ def staging_buffer() -> memoryview:
     return memoryview(mmap.mmap(-1, DIRECT_STAGING))
 
 
+def _aligned(view: memoryview) -> bool:
+    """Whether ``view`` can be written with ``O_DIRECT`` as it is: a writable buffer (the only
+    kind whose address ctypes gives) at an aligned address, of an aligned length."""
+    if not view or len(view) % DIRECT_ALIGN or view.readonly:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN == 0
+
+
 class DirectFile:
     """Sequential writes to ``fd`` (opened with ``O_DIRECT``) through an aligned staging buffer.
 
@@ -73,6 +82,9 @@ class DirectFile:
         if not self.direct:
             write_all(self.fd, view)
             return
+        if not self._held and _aligned(view):
+            self._write_direct(view)  # a page-aligned buffer: no staging copy
+            return
         while view:
             take = min(len(view), len(self._view) - self._held)
             self._view[self._held:self._held + take] = view[:take]
@@ -80,6 +92,22 @@ class DirectFile:
             view = view[take:]
             if self._held == len(self._view):
                 self._flush(self._held)
+
+    def _write_direct(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                n = os.pwrite(self.fd, view[done:], self._offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or done:
+                    raise
+                self._to_buffered()
+                write_all(self.fd, view)
+                return
+            if n <= 0 or n % DIRECT_ALIGN:
+                raise OSError(errno.EIO, f"short direct write ({n} of {len(view) - done} bytes)")
+            done += n
+        self._offset += done
 
     def _flush(self, length: int) -> None:
         """Write ``length`` (aligned) staged bytes at the current offset."""

@@ -103,17 +103,21 @@ class Ingest:
         self._digests.update(chunk)
         self._cache_chunk(index, chunk)
 
-    async def _submit(self, chunk: bytes | memoryview) -> None:
+    async def _submit(self, chunk: bytes | memoryview) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        """Queue ``chunk``'s digests and its write; return both futures."""
         # Digests strictly in order on their own lanes; chunk writes (fsync-bound) up
         # to WRITE_DEPTH at once on the shared pool. Waiting here only bounds memory.
         index, self._next = self._next, self._next + 1
         while len(self._digesting) >= DIGEST_DEPTH:
             await self._digesting.popleft()
-        self._digesting.append(asyncio.wrap_future(self._digests.submit(chunk)))
+        digesting = asyncio.wrap_future(self._digests.submit(chunk))
+        self._digesting.append(digesting)
         while len(self._writes) >= WRITE_DEPTH:
             await self._writes.popleft()
         loop = asyncio.get_running_loop()
-        self._writes.append(loop.run_in_executor(self._executor, self._cache_chunk, index, chunk))
+        writing = loop.run_in_executor(self._executor, self._cache_chunk, index, chunk)
+        self._writes.append(writing)
+        return digesting, writing
 
     # -- feeding ----------------------------------------------------------------
 
@@ -134,11 +138,23 @@ class Ingest:
         for chunk in self._cut(data):
             await self._submit(chunk)
 
-    def _cut(self, data: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
+    async def feed_held(self, data: memoryview) -> asyncio.Future[object]:
+        """:meth:`feed` without copying a mutable ``data``: the caller keeps it unchanged
+        until the returned future is done (every digest and write that reads it has ended;
+        their errors are raised by :meth:`finish`, not by the future)."""
+        self._check_open()
+        self.size += len(data)
+        readers: list[asyncio.Future[None]] = []
+        for chunk in self._cut(data, held=True):
+            readers += await self._submit(chunk)
+        return asyncio.gather(*readers, return_exceptions=True)
+
+    def _cut(self, data: bytes | bytearray | memoryview, *, held: bool = False) -> list[bytes | memoryview]:
         """The full chunks ``data`` completes; the rest waits in ``_buf``.
 
-        Copies only chunks that straddle two pieces, and pieces that are mutable: an
-        upload fed in ``bytes`` multiples of the chunk size is hashed and written in place.
+        Copies only chunks that straddle two pieces, and pieces that are mutable (unless
+        ``held``: the caller keeps them unchanged): an upload fed in ``bytes`` (or held)
+        multiples of the chunk size is hashed and written in place.
         """
         size = self.chunk_size
         view = memoryview(data).cast("B")
@@ -151,7 +167,7 @@ class Ingest:
                 return out
             out.append(bytes(self._buf))
             self._buf.clear()
-        if isinstance(data, bytes):
+        if held or isinstance(data, bytes):
             whole = len(view) - len(view) % size
             out.extend(view[pos:pos + size] for pos in range(0, whole, size))
             view = view[whole:]

@@ -16,7 +16,8 @@ Requests the parser refuses (a malformed or 5,000-digit ``Content-Length``, garb
 answered with the API's JSON error body instead of uvicorn's plain-text 400.
 
 It also implements the ASGI ``http.response.zerocopysend`` extension (:mod:`imgproxy.zerocopy`):
-image data on local disk goes to the socket with ``sendfile``.
+image data on local disk goes to the socket with ``sendfile``; and ``imgproxy.body_into``
+(:mod:`imgproxy.body_into`): an upload's body is copied once, into the app's own buffers.
 
 **Quick answers.** An app may put a :class:`QuickAnswer` in its lifespan state under
 :data:`QUICK`. The protocol then offers it each request that has no body, arrives on an
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any, Protocol
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from .body_into import BODY_INTO, BodyInto
 from .errors import error_response
 from .zerocopy import ZEROCOPY, ZeroCopySend
 
@@ -104,6 +107,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._senders: set[ZeroCopySend] = set()  # of cycles whose response is not over
         self._quick: QuickAnswer | None = app_state.get(QUICK)
         self._answered = False  # the request being parsed was answered quickly
+        self._body_into: BodyInto | None = None  # the latest request's, once its app opened it
 
     # -- the deadline for a complete request head (and for a quickly answered one's next) --
 
@@ -138,6 +142,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         for sender in list(self._senders):
             sender.close()
+        if self._body_into is not None:
+            self._body_into.lost()
 
     def on_message_begin(self) -> None:
         # uvicorn's, but the scope is built only for a request the ASGI app gets (_new_scope).
@@ -176,6 +182,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                                   lambda: len(self.server_state.tasks))
             self._senders.add(sender)
             self.cycle.send = sender  # type: ignore[method-assign]
+            self.scope["extensions"][BODY_INTO] = {"open": partial(self._open_body_into, self.cycle)}
 
     # -- quick answers --------------------------------------------------------------------
 
@@ -224,13 +231,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's keep-alive timeout, which is this deadline's length: closed if idle so long.
         self._start_deadline(idle=True)
 
+    # -- request bodies read into the app's buffers ------------------------------------
+
+    def _open_body_into(self, cycle: RequestResponseCycle) -> BodyInto:
+        """``imgproxy.body_into``'s opener for ``cycle``: its body pieces go to the reader from
+        now on (while it is the latest request; a later one's head means its body has ended)."""
+        if self._body_into is not None and self._body_into.cycle is cycle:
+            raise RuntimeError("the request body is already open")
+        self._body_into = BodyInto(cycle, self.loop)
+        return self._body_into
+
     def on_body(self, body: bytes) -> None:
-        if not self._answered:  # a quickly answered request has none
-            super().on_body(body)
+        if self._answered:  # a quickly answered request has none
+            return
+        reader = self._body_into
+        if reader is not None and reader.cycle is self.cycle and not self.cycle.response_complete:
+            reader.take(body)
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._answered:
-            super().on_message_complete()
+        if self._answered:
+            return
+        super().on_message_complete()
+        reader = self._body_into
+        if reader is not None and reader.cycle is self.cycle:
+            reader.end()
 
     # -- the size of a request head -----------------------------------------------------
 

@@ -169,3 +169,46 @@ async def test_buffered_writes_when_direct_io_is_off(tmp_path: Path) -> None:
 def test_direct_io_option_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="direct_io"):
         FileBackend.from_url(tmp_path.as_uri(), {"direct_io": "sometimes"})
+
+
+async def test_writes_in_flight_land_in_call_order(backend: FileBackend) -> None:
+    # Uploads keep several writes in flight (writes_in_flight), from page-aligned buffers
+    # (written as they are, no staging copy) and bytes mixed: the file holds them in call order.
+    import asyncio
+    import mmap
+
+    sizes = [4 * 1024 * 1024, 4 * 1024 * 1024, 4095, 4 * 1024 * 1024, 8192, 3]
+    pieces = []
+    for i, n in enumerate(sizes):
+        data = os.urandom(n)
+        if i % 2 == 0:
+            buffer = mmap.mmap(-1, n)
+            buffer[:] = data
+            pieces.append((memoryview(buffer), data))
+        else:
+            pieces.append((data, data))
+    writer = await backend.open_writer("ordered")
+    assert writer.writes_in_flight > 1
+    depth = writer.writes_in_flight
+    for start in range(0, len(pieces), depth):
+        await asyncio.gather(*(writer.write(view) for view, _ in pieces[start:start + depth]))
+    location = await writer.commit()
+    assert backend.path_for(location).read_bytes() == b"".join(data for _, data in pieces)
+
+
+async def test_a_write_error_reaches_every_write_in_flight(backend: FileBackend, root: Path) -> None:
+    # With several writes in flight, an I/O error fails each caller with a store error (none
+    # hangs, none reports success), and abort leaves nothing.
+    import asyncio
+    import mmap
+
+    writer = await backend.open_writer("broken")
+    pieces = [memoryview(mmap.mmap(-1, 4096)) for _ in range(4)]  # aligned: each is its own write
+    await writer.write(pieces.pop())
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(read_only, writer._fd)  # type: ignore[arg-type]  # the disk going away, as the writer sees it
+    os.close(read_only)
+    results = await asyncio.gather(*(writer.write(piece) for piece in pieces), return_exceptions=True)
+    assert all(isinstance(r, BackendError) for r in results), results
+    await writer.abort()
+    assert not [n for n in os.listdir(root) if "broken" in n]

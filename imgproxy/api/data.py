@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.utils import ClientDisconnected
 
+from ..body_into import body_source
 from ..errors import BadRequest, UnsupportedMediaType
 from ..images import PIECE_SIZE, Download, FileSlice, ImageDataError
 from ..memory import IdleTrimmer
@@ -67,7 +68,7 @@ async def upload(request: Request) -> Response:
         )
     uploads = service_of(request).images.uploads
     try:
-        await uploads.upload(caller(request), image_id, request.stream(), _declared_length(request),
+        await uploads.upload(caller(request), image_id, body_source(request), _declared_length(request),
                              store=request.headers.get("x-image-meta-store"))
     except ClientDisconnect:
         log.info("upload of %s abandoned by the client; image is queued again", image_id)

@@ -76,6 +76,11 @@ class FormatInspector:
                 self._pending = still
                 self._refuse_if_certain()
 
+    @property
+    def settled(self) -> bool:
+        """True once :meth:`feed` can raise no new refusal (only :meth:`finish` may)."""
+        return not self._pending
+
     def finish(self, total_size: int) -> FormatVerdict:
         """The verdict on the whole stream, which held ``total_size`` bytes.
 

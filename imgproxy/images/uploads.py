@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +26,9 @@ from anyio import CancelScope
 
 from backends import PIECE_SIZE, BackendError, UnknownStore, WriteBackend, Writer, local_file
 from cache import OS_HASH_ALGO, Ingest, Manifest
+from cache.ingest import DIGEST_DEPTH
+
+from ..body_into import BodySource, IteratorBody
 
 from ..context import RequestContext
 from ..errors import BadRequest, Gone, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
@@ -40,6 +45,13 @@ log = logging.getLogger("imgproxy.data")
 # Upload pieces are a multiple of the cache's chunk size near this: the cache then hashes
 # and writes them without copying, and the store gets few large writes (a thread hop each).
 UPLOAD_PIECE = 4 * PIECE_SIZE
+
+# Piece buffers per upload: one being received, the rest queued for the digests (the md5
+# lane, an upload's bound, must never wait for the receiver) and the store's write.
+PIECES = DIGEST_DEPTH + 2
+
+# While the format inspector may still refuse the data, the body is read in steps this big.
+INSPECT_STEP = 64 * 1024
 
 
 def _piece_size(chunk_size: int) -> int:
@@ -60,60 +72,96 @@ def refused(exc: FormatRefused, declared: str | None) -> UnsupportedMediaType:
                                 f"{exc.detected or 'unknown'}): {exc.reason}", headers={"Connection": "close"})
 
 
-async def _receive_into(body: AsyncIterator[bytes], writer: Writer, ingest: Ingest, cap: int,
+class _Pieces:
+    """An upload's piece buffers: page-aligned (anonymous maps), made as needed up to ``count``
+    and reused. One is filled while the others are written and hashed; a buffer is lent
+    again only once everything that reads it is done. Event loop only."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self._size = size
+        self._count = count
+        self._made = 0
+        self._free: list[memoryview] = []
+        self._busy: deque[tuple[memoryview, asyncio.Future[Any]]] = deque()
+
+    async def take(self) -> memoryview:
+        if self._free:
+            return self._free.pop()
+        if self._made < self._count:
+            self._made += 1
+            return memoryview(mmap.mmap(-1, self._size))
+        buffer, done = self._busy.popleft()
+        await asyncio.wait([done])  # its outcome (an error) is the ingest's or writer's to raise
+        return buffer
+
+    def lend(self, buffer: memoryview, *readers: asyncio.Future[Any]) -> None:
+        """``buffer`` is free again once every one of ``readers`` is done."""
+        self._busy.append((buffer, asyncio.gather(*readers, return_exceptions=True)))
+
+
+async def _read_piece(body: BodySource, buffer: memoryview, room: int, inspector: FormatInspector | None) -> int:
+    """Fill ``buffer`` from ``body`` (at most ``room`` bytes); feed ``inspector`` as it comes,
+    in steps of INSPECT_STEP while its verdict may still refuse the data (so a refusal comes
+    as soon as it is certain, not a piece later)."""
+    want = min(len(buffer), room)
+    filled = 0
+    while filled < want:
+        step = want - filled
+        if inspector is not None and not inspector.settled:
+            step = min(step, INSPECT_STEP)
+        got = await body.read_into(buffer[filled:filled + step])
+        if inspector is not None and got:
+            inspector.feed(buffer[filled:filled + got])  # raises FormatRefused once certain
+        filled += got
+        if got < step:
+            break
+    return filled
+
+
+async def _receive_into(body: BodySource, writer: Writer, ingest: Ingest, cap: int,
                         inspector: FormatInspector | None = None) -> int:
     """Stream ``body`` into ``writer`` and ``ingest`` in pieces of ``_piece_size``; return its size.
 
-    Each byte is copied once in Python (joining the received parts into a piece). One
-    store write runs while the next piece is received; the cache hashes and writes in
-    its own threads. Raises PayloadTooLarge past ``cap``, whatever ``body`` raises (the
-    client went away), BackendError from the store.
+    Each byte is copied once in Python: into a reused, page-aligned piece buffer (by the
+    protocol, :mod:`imgproxy.body_into`), which the store writes and the cache hashes in
+    place. The store's writes run while the next pieces are received (as many at once as
+    the writer takes: ``writes_in_flight``, default 1); the cache hashes and writes in its
+    own threads. Raises PayloadTooLarge past ``cap``, whatever ``body``
+    raises (the client went away), BackendError from the store.
     """
-    piece_size = _piece_size(ingest.chunk_size)
-    size = held = 0
-    parts: list[memoryview] = []
-    writing: asyncio.Future[None] | None = None
-
-    async def flush() -> None:
-        nonlocal writing, held
-        piece = b"".join(parts)
-        parts.clear()
-        held = 0
-        if writing is not None:
-            await writing  # the writer takes one write at a time
-        writing = asyncio.ensure_future(writer.write(piece))
-        await ingest.feed(piece)
-
+    pieces = _Pieces(_piece_size(ingest.chunk_size), PIECES)
+    depth = getattr(writer, "writes_in_flight", 1)
+    writes: deque[asyncio.Future[None]] = deque()
+    size = 0
     try:
-        async for part in body:
-            size += len(part)
+        while True:
+            buffer = await pieces.take()
+            got = await _read_piece(body, buffer, cap + 1 - size, inspector)
+            size += got
             if size > cap:
                 raise _too_large(f"Image exceeds the storage quota: the limit is {cap} bytes.")
-            if inspector is not None:
-                inspector.feed(part)  # raises FormatRefused once the data is certainly refused
-            view = memoryview(part)
-            while held + len(view) >= piece_size:
-                take = piece_size - held
-                parts.append(view[:take])
-                view = view[take:]
-                await flush()
-            if view:
-                parts.append(view)
-                held += len(view)
-        if parts:
-            await flush()
-        if writing is not None:
-            pending, writing = writing, None
-            await pending
+            if not got:
+                break
+            piece = buffer[:got]
+            while len(writes) >= depth:
+                await writes.popleft()
+            writing = asyncio.ensure_future(writer.write(piece))  # started in order, written in order
+            writes.append(writing)
+            hashed = await ingest.feed_held(piece)
+            pieces.lend(buffer, writing, hashed)
+            if got < len(buffer):
+                break
+        while writes:
+            await writes.popleft()
     finally:
-        if writing is not None:
-            # Failing already: let the store write end (its error is secondary) before the
-            # caller aborts the writer, which is not safe for concurrent use.
+        if writes:
+            # Failing already: let the store's writes end (their errors are secondary) before
+            # the caller aborts the writer, which is not safe for concurrent use.
             with CancelScope(shield=True):
-                try:
-                    await writing
-                except BaseException:
-                    pass
+                await asyncio.wait(writes)
+                for writing in writes:
+                    if not writing.cancelled():
+                        writing.exception()  # retrieved: not logged as never retrieved
     return size
 
 
@@ -136,7 +184,7 @@ def inspector_for(record: dict[str, Any]) -> FormatInspector | None:
     return open_inspector(record["disk_format"])
 
 
-async def store_data(service: "Service", image_id: str, body: AsyncIterator[bytes], store: WriteBackend, cap: int,
+async def store_data(service: "Service", image_id: str, body: BodySource | AsyncIterator[bytes], store: WriteBackend, cap: int,
                      declared: int | None, inspector: FormatInspector | None = None) -> StoredData:
     """Stream ``body`` once into ``store`` and the cache (which hashes it), inspecting its
     format on the way (with ``inspector``), then commit both.
@@ -151,7 +199,8 @@ async def store_data(service: "Service", image_id: str, body: AsyncIterator[byte
     # chunks too would write every byte twice.
     ingest = service.cache.open_ingest(image_id, keep_chunks=local_file(store, store.location_for(image_id)) is None)
     try:
-        size = await _receive_into(body, writer, ingest, cap, inspector)
+        source = IteratorBody(body) if isinstance(body, AsyncIterator) else body
+        size = await _receive_into(source, writer, ingest, cap, inspector)
         if declared is not None and size != declared:
             raise BadRequest(f"Expected {declared} bytes of image data, received {size}.")
         virtual_size = None
@@ -185,7 +234,7 @@ class Uploads:
         self._s = service
         self.active = 0
 
-    async def upload(self, ctx: RequestContext, image_id: str, body: AsyncIterator[bytes],
+    async def upload(self, ctx: RequestContext, image_id: str, body: BodySource | AsyncIterator[bytes],
                      declared: int | None, *, store: str | None = None) -> None:
         """Store ``body`` as the data of a queued image, in ``store`` (an id; None: the
         default store), and make it active.
@@ -241,7 +290,7 @@ class Uploads:
     async def _fail(self, image_id: str) -> None:
         await self._s.writer.run(self._s.registry.fail_upload, image_id)
 
-    async def _store_body(self, body: AsyncIterator[bytes], name: str, store: WriteBackend, image_id: str,
+    async def _store_body(self, body: BodySource | AsyncIterator[bytes], name: str, store: WriteBackend, image_id: str,
                           cap: int, declared: int | None, inspector: FormatInspector | None,
                           disk_format: str) -> None:
         """Write the body, commit, activate."""

@@ -191,3 +191,24 @@ async def test_missing_store_object_raises_upstream_failed(make_cache, add_image
     (file_store.root / "img").unlink()
     with pytest.raises(UpstreamFailed):
         await collect(cache.read("img", manifest, ByteRange(0, len(data)), ScriptedStore(file_store), location))
+
+
+async def test_a_held_piece_may_be_reused_once_its_future_is_done(make_cache):
+    # Uploads lend the ingest their piece buffers (feed_held, no copy) and refill a buffer only
+    # when the returned future is done: the digests and chunk addresses are the data's.
+    import mmap
+
+    cache = make_cache()
+    data = image_bytes(6 * CHUNK + 5, seed=4)
+    ingest = cache.open_ingest("held")
+    buffer = memoryview(mmap.mmap(-1, 2 * CHUNK))
+    for start in range(0, len(data), 2 * CHUNK):
+        piece = data[start:start + 2 * CHUNK]
+        buffer[:len(piece)] = piece
+        done = await ingest.feed_held(buffer[:len(piece)])
+        await done
+        buffer[:] = b"\xff" * len(buffer)  # reused: nothing may read it any more
+    manifest = await ingest.finish()
+    assert manifest.checksum == hashlib.md5(data).hexdigest()
+    assert manifest.os_hash_value == sha512(data)
+    assert manifest.chunks == tuple(address_of(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK))
