@@ -6,10 +6,15 @@ the socket past that until the app asks again): each byte is copied three times 
 costs 16,000 turns of the app's receive loop. An upload joined those pieces into 4 MiB
 pieces again (a fourth copy) and the store's direct writer staged them (a fifth).
 
-With this extension the protocol copies each body piece the parser gives (httptools' own
-``bytes``) once, into the buffer the app lent it, and wakes the app when that buffer is full
-or the body has ended: one copy, one turn of the app per buffer. The app reuses its buffers
-(page-aligned: a store writes them with ``O_DIRECT`` as they are).
+With this extension a body with a ``Content-Length`` is received straight into the buffer
+the app lent (the kernel's copy is the only one): once the app asks, the connection's
+transport is handed to a :class:`_RawBody` protocol (asyncio's ``BufferedProtocol``) whose
+receive buffer is the app's, limited to the body's remaining bytes, so nothing of a next
+request is read as body; at the body's end the HTTP protocol gets the transport back with a
+fresh parser and the request is complete as if its parser had read it. A chunked body's
+pieces are copied from the parser once into the app's buffer. Either way the app is woken
+when its buffer is full or the body has ended: one turn of the app per buffer. The app
+reuses its buffers (page-aligned: a store writes them with ``O_DIRECT`` as they are).
 
 - ``scope["extensions"][BODY_INTO]["open"]()`` gives a :class:`BodyInto` for the request
   (once; the app must not also ``receive`` the body). It answers ``Expect: 100-continue``.
@@ -59,9 +64,15 @@ class BodyInto:
     :meth:`lost` when the connection is lost; the app calls :meth:`read_into`.
     """
 
-    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop,
+                 protocol: Any = None, length: int | None = None) -> None:
         self.cycle = cycle
         self._loop = loop
+        # Raw receiving (the body's length is known, the protocol can hand the transport over):
+        # the HTTP protocol, and the body bytes not yet received from the socket.
+        self._protocol = protocol
+        self._remaining = None if length is None or protocol is None else length - len(cycle.body)
+        self._raw: _RawBody | None = None
         self._spill = bytearray()  # arrived while no buffer was lent
         self._target: memoryview | None = None  # the rest of the lent buffer
         self._filled = 0  # bytes put into the lent buffer so far
@@ -76,6 +87,8 @@ class BodyInto:
 
     def take(self, piece: bytes) -> None:
         """A body piece from the parser: into the lent buffer, the rest into the spill."""
+        if self._remaining is not None:
+            self._remaining -= len(piece)
         target = self._target
         if target is None:
             self._spill += piece
@@ -127,6 +140,9 @@ class BodyInto:
         self._target = buffer[filled:]
         self._filled = filled
         self._waiter = self._loop.create_future()
+        if self._remaining is not None and self._raw is None and self._remaining > 0:
+            self._raw = _RawBody(self, self._protocol)
+            cycle.transport.set_protocol(self._raw)
         cycle.flow.resume_reading()
         try:
             await self._waiter
@@ -135,10 +151,82 @@ class BodyInto:
             self._target = None
         return self._result(self._filled, len(buffer))
 
+    # -- raw receiving (the transport is _RawBody's) ---------------------------------
+
+    def raw_buffer(self) -> memoryview:
+        """Where the next socket read goes: the lent buffer, else (reading is paused then,
+        but a read may be under way) a piece for the spill; never past the body's end."""
+        assert self._remaining is not None
+        if self._target is not None:
+            return self._target[:self._remaining]
+        return memoryview(bytearray(min(self._remaining, 64 * 1024)))
+
+    def raw_received(self, buffer: memoryview, n: int) -> None:
+        assert self._remaining is not None
+        self._remaining -= n
+        target = self._target
+        if target is not None and buffer.obj is target.obj:
+            self._filled += n
+            self._target = target[n:]
+            if not self._target:
+                # Nowhere to put more until the app lends a buffer again (pausing here, not
+                # in get_buffer, where the event loop is between its read's two calls).
+                self.cycle.flow.pause_reading()
+                self._wake()
+        elif not self.cycle.response_complete:  # after the response, the rest is thrown away
+            self._spill += buffer[:n]
+            if len(self._spill) > SPILL_MAX:
+                self.cycle.flow.pause_reading()
+        if self._remaining == 0:
+            self._raw_done()
+
+    def _raw_done(self) -> None:
+        """The body has been received: the HTTP protocol reads the connection again."""
+        raw, self._raw = self._raw, None
+        assert raw is not None
+        raw.hand_back()
+        self._protocol.body_received()
+
     def _result(self, filled: int, wanted: int) -> int:
         if filled < wanted and self._gone and not self._ended:
             raise ClientDisconnect()
         return filled
+
+
+class _RawBody(asyncio.BufferedProtocol):
+    """The connection's protocol while a body is received into the app's buffer.
+
+    Everything but the received bytes goes to the HTTP protocol (connection lost, EOF,
+    write flow control), so its request and response carry on as they would."""
+
+    def __init__(self, reader: BodyInto, protocol: Any) -> None:
+        self._reader = reader
+        self._protocol = protocol
+        self._buffer: memoryview | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._buffer = self._reader.raw_buffer()
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer, self._buffer = self._buffer, None
+        assert buffer is not None
+        self._reader.raw_received(buffer, nbytes)
+
+    def hand_back(self) -> None:
+        self._reader.cycle.transport.set_protocol(self._protocol)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 class IteratorBody:

@@ -34,6 +34,7 @@ import logging
 from functools import partial
 from typing import Any, Protocol
 
+import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
@@ -76,6 +77,18 @@ class QuickAnswer(Protocol):
         it the response stands.
         """
         ...
+
+
+def _content_length(headers: Headers) -> int | None:
+    """The request's Content-Length, if it has one and no Transfer-Encoding (the parser has
+    checked its syntax)."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
 
 
 class _HeadTooLarge(Exception):
@@ -238,8 +251,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         now on (while it is the latest request; a later one's head means its body has ended)."""
         if self._body_into is not None and self._body_into.cycle is cycle:
             raise RuntimeError("the request body is already open")
-        self._body_into = BodyInto(cycle, self.loop)
+        length = None
+        if cycle is self.cycle and cycle.more_body:  # still being received, and its the latest request
+            length = _content_length(cycle.scope["headers"])
+        self._body_into = BodyInto(cycle, self.loop, self, length)
         return self._body_into
+
+    def body_received(self) -> None:
+        """A body received raw (by ``BodyInto``) has ended: the transport is ours again, and
+        the parser, which saw none of it, is replaced by a new one at the next request."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         if self._answered:  # a quickly answered request has none

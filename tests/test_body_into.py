@@ -114,3 +114,31 @@ def test_a_client_gone_between_pieces_leaves_the_image_queued(server_factory: Ca
         assert client.put(f"/v2/images/{image_id}/file", content=data,
                           headers={"Content-Type": "application/octet-stream"}).status_code == 204
         assert client.get(f"/v2/images/{image_id}/file").content == data
+
+
+def test_a_body_refused_midway_leaves_nothing_and_the_connection_is_not_confused(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    # Declared qcow2, sent raw bytes: 415 as soon as the inspector is certain, while the body
+    # is still coming. The server then closes, or takes the next request, never the rest of
+    # the body as a request.
+    proc = server_factory(noauth=True)
+    data = payload(3 * MiB, 24)
+    with httpx.Client(base_url=proc.url, timeout=30) as client:
+        image_id = create_image(client, disk_format="qcow2")
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as sock:
+            sock.sendall(_head(image_id, len(data)))
+            try:
+                sock.sendall(data)
+                sock.sendall(f"GET /v2/images/{image_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed after refusing: also right
+            status, body = _read_response(sock)
+            assert status == b"HTTP/1.1 415 Unsupported Media Type"
+            assert b"qcow2" in body
+            try:
+                rest = sock.recv(65536)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 200 OK"), rest[:200]
+        assert status_of(client, image_id) == "queued"
+        assert stored_names(proc, image_id) == []
