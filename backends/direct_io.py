@@ -93,7 +93,10 @@ class DirectFile:
             if self._held == len(self._view):
                 self._flush(self._held)
 
-    def _write_direct(self, view: memoryview) -> None:
+    def _write_direct(self, view: memoryview, rest: memoryview | None = None) -> None:
+        """Write ``view`` (aligned) at the current offset. If the filesystem refuses the first
+        direct write, the descriptor turns buffered and ``rest`` (default: ``view``), the
+        bytes that are really due, is written instead."""
         done = 0
         while done < len(view):
             try:
@@ -102,7 +105,7 @@ class DirectFile:
                 if exc.errno != errno.EINVAL or done:
                     raise
                 self._to_buffered()
-                write_all(self.fd, view)
+                write_all(self.fd, view if rest is None else rest)
                 return
             if n <= 0 or n % DIRECT_ALIGN:
                 raise OSError(errno.EIO, f"short direct write ({n} of {len(view) - done} bytes)")
@@ -110,22 +113,8 @@ class DirectFile:
         self._offset += done
 
     def _flush(self, length: int) -> None:
-        """Write ``length`` (aligned) staged bytes at the current offset."""
-        done = 0
-        while done < length:
-            try:
-                n = os.pwrite(self.fd, self._view[done:length], self._offset + done)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or done:
-                    raise
-                self._to_buffered()
-                write_all(self.fd, self._view[:self._held])
-                self._held = 0
-                return
-            if n <= 0 or n % DIRECT_ALIGN:
-                raise OSError(errno.EIO, f"short direct write ({n} of {length - done} bytes)")
-            done += n
-        self._offset += done
+        """Write ``length`` (aligned, padded) staged bytes at the current offset."""
+        self._write_direct(self._view[:length], self._view[:self._held])
         self._held = 0
 
     def _to_buffered(self) -> None:

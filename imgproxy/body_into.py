@@ -91,9 +91,7 @@ class BodyInto:
             self._remaining -= len(piece)
         target = self._target
         if target is None:
-            self._spill += piece
-            if len(self._spill) > SPILL_MAX:
-                self.cycle.flow.pause_reading()
+            self._to_spill(piece)
             return
         n = len(piece)
         if n < len(target):
@@ -107,6 +105,11 @@ class BodyInto:
         if room < n:
             self._spill += memoryview(piece)[room:]
         self._wake()
+
+    def _to_spill(self, data: bytes | memoryview) -> None:
+        self._spill += data
+        if len(self._spill) > SPILL_MAX:
+            self.cycle.flow.pause_reading()
 
     def end(self) -> None:
         self._ended = True
@@ -174,9 +177,7 @@ class BodyInto:
                 self.cycle.flow.pause_reading()
                 self._wake()
         elif not self.cycle.response_complete:  # after the response, the rest is thrown away
-            self._spill += buffer[:n]
-            if len(self._spill) > SPILL_MAX:
-                self.cycle.flow.pause_reading()
+            self._to_spill(buffer[:n])
         if self._remaining == 0:
             self._raw_done()
 
