@@ -83,11 +83,11 @@ class ImageCache:
         self.store = ChunkStore(root)
         self.index = ChunkIndex(env)
         self.manifests = ManifestTable(env)
-        self.queue = PrefetchQueue(env)
         self.pending = PendingWrites()
         self.pins = Pins()
         self.writer = writer if writer is not None else DbWriter()
         self._owns_writer = writer is None
+        self.queue = PrefetchQueue(env, self.writer)  # image ids to prefetch
         self.admission = Admission(max_fills, fill_memory)
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="cache-io")
         self._verify = ThreadPoolExecutor(2, thread_name_prefix="cache-verify")
@@ -200,7 +200,7 @@ class ImageCache:
         self.pending.forget_image(image_id)
 
         def forget(txn: lmdb.Transaction) -> list[bytes]:
-            self.queue.remove(image_id, txn)
+            self.queue.remove_in(txn, image_id)
             return refs.forget(txn, self.manifests, self.index, image_id)
 
         for address in self._write(forget):
@@ -349,41 +349,13 @@ class ImageCache:
         self.pending.count("corrupt_chunks", result.corrupt)
         return result  # type: ignore[no-any-return]
 
-    # -- prefetch -----------------------------------------------------------------
-
-    def queue_prefetch(self, image_id: str) -> bool:
-        """Queue the image for the prefetcher; False if it was queued already. Blocking."""
-        return self.writer.call(self.queue.add, image_id)
-
-    def dequeue_prefetch(self, image_id: str) -> bool:
-        """Blocking; not on the loop."""
-        return self.writer.call(self.queue.remove, image_id)
-
-    def queued(self) -> list[str]:
-        """Queued image ids, oldest first."""
-        return self.queue.items()
-
-    def clear_queue(self) -> int:
-        """Blocking; not on the loop."""
-        return self.writer.call(self.queue.clear)
-
-    async def queue_prefetch_async(self, image_id: str) -> bool:
-        return await self.writer.run(self.queue.add, image_id)
-
-    async def dequeue_prefetch_async(self, image_id: str) -> bool:
-        return await self.writer.run(self.queue.remove, image_id)
-
-    async def clear_queue_async(self) -> int:
-        return await self.writer.run(self.queue.clear)
+    # -- prefetch (the queue itself: ``self.queue``) ---------------------------------
 
     async def prefetch_pending(self, resolve: Resolver, concurrency: int) -> PrefetchResult:
         """Fill every queued image, ``concurrency`` at a time. ``resolve(image_id)`` gives
         (manifest, source, location), or ``None`` if the image is gone (it is dequeued).
         A fully cached image leaves the queue; a failed one stays for the next run."""
-        async def dequeue(image_id: str) -> None:
-            await self.writer.run(self.queue.remove, image_id)
-
-        return await prefetch_all(self.queue.items(), dequeue, self.read, resolve, concurrency)
+        return await prefetch_all(self.queue.items(), self.queue.remove_async, self.read, resolve, concurrency)
 
     # -- reporting ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from backends.base import ByteRange, ReadBackend
 from .errors import CacheError
 from .index import now_us
 from .manifest import Manifest
-from .txn import write_txn
+from .txn import DbWriter, write_txn
 
 __all__ = ["PrefetchQueue", "PrefetchResult", "Resolver", "prefetch_all"]
 
@@ -42,24 +42,41 @@ _U64 = struct.Struct("<Q")
 class PrefetchQueue:
     """Each method is one short transaction of its own (or the caller's ``txn``).
 
-    Writes (:meth:`add`, :meth:`remove`, :meth:`clear`) are blocking: call them on the
-    LMDB writer thread (see :mod:`cache.txn`), never on the event loop.
+    Writes come in pairs: :meth:`add`, :meth:`remove` and :meth:`clear` block until the
+    process's LMDB writer thread (``writer``, see :mod:`cache.txn`) committed them (for
+    worker threads and the CLI; they refuse the event loop), and their ``_async`` twins
+    await it on the loop.
     """
 
-    def __init__(self, env: lmdb.Environment) -> None:
+    def __init__(self, env: lmdb.Environment, writer: DbWriter) -> None:
         self.env = env
+        self.writer = writer
         self.db = env.open_db(b"prefetch")
 
     def add(self, image_id: str) -> bool:
         """Queue ``image_id``; return False if it was already queued."""
+        return self.writer.call(self._add, image_id)
+
+    async def add_async(self, image_id: str) -> bool:
+        return await self.writer.run(self._add, image_id)
+
+    def _add(self, image_id: str) -> bool:
         with write_txn(self.env) as txn:
             return bool(txn.put(image_id.encode(), _U64.pack(now_us()), db=self.db, overwrite=False))
 
-    def remove(self, image_id: str, txn: lmdb.Transaction | None = None) -> bool:
-        if txn is not None:
-            return bool(txn.delete(image_id.encode(), db=self.db))
-        with write_txn(self.env) as own:
-            return bool(own.delete(image_id.encode(), db=self.db))
+    def remove(self, image_id: str) -> bool:
+        return self.writer.call(self._remove, image_id)
+
+    async def remove_async(self, image_id: str) -> bool:
+        return await self.writer.run(self._remove, image_id)
+
+    def _remove(self, image_id: str) -> bool:
+        with write_txn(self.env) as txn:
+            return self.remove_in(txn, image_id)
+
+    def remove_in(self, txn: lmdb.Transaction, image_id: str) -> bool:
+        """Dequeue ``image_id`` in the caller's write transaction."""
+        return bool(txn.delete(image_id.encode(), db=self.db))
 
     def items(self) -> list[str]:
         """Queued image ids, oldest first."""
@@ -68,6 +85,12 @@ class PrefetchQueue:
         return [image_id for _, image_id in sorted(rows)]
 
     def clear(self) -> int:
+        return self.writer.call(self._clear)
+
+    async def clear_async(self) -> int:
+        return await self.writer.run(self._clear)
+
+    def _clear(self) -> int:
         with write_txn(self.env) as txn:
             n = txn.stat(self.db)["entries"]
             txn.drop(self.db, delete=False)

@@ -197,7 +197,7 @@ async def _run_cache_action(settings: Settings, action: str, stale_age: float | 
                 f"{cleaned.orphans_removed} orphan chunks, {store_temp} store temp files; "
                 f"adopted {cleaned.adopted} chunks, {cleaned.missing} index entries had no file"
             )
-        queued = len(cache.queued())
+        queued = len(cache.queue.items())
         fetched = await prefetch_queued(service)
         await cache.wait_idle()
         return f"prefetched {queued} queued images: {fetched}"

@@ -35,7 +35,7 @@ def _admin_service(request: Request) -> EdgeService:
 
 
 def _known(service: EdgeService, image_id: str) -> bool:
-    if image_id in service.cache.queued() or service.cache.get_manifest(image_id) is not None:
+    if image_id in service.cache.queue.items() or service.cache.get_manifest(image_id) is not None:
         return True
     return False
 
@@ -46,7 +46,7 @@ async def get_cache_state(request: Request) -> Response:
     rows = await asyncio.to_thread(service.cache.cached_images)
     fields = ("image_id", "hits", "last_accessed", "last_modified", "size")
     cached = [{k: row[k] for k in fields} for row in rows if row["complete"]]
-    return json_response({"cached_images": cached, "queued_images": service.cache.queued()})
+    return json_response({"cached_images": cached, "queued_images": service.cache.queue.items()})
 
 
 async def clear_cache(request: Request) -> Response:
@@ -56,7 +56,7 @@ async def clear_cache(request: Request) -> Response:
     if target not in CLEAR_TARGETS:
         raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
     if target in ("", "queue"):
-        await asyncio.to_thread(service.cache.clear_queue)
+        await service.cache.queue.clear_async()
     if target in ("", "cache"):
         await service.cache.clear_cache()
     return Response(status_code=204)
@@ -93,7 +93,7 @@ async def queue_image(request: Request) -> Response:
         raise BadRequest("Only images with status active can be targeted for queueing")
     if not cacheable(record):
         raise BadRequest("The upstream names no digest for this image; the edge does not cache it.")
-    await asyncio.to_thread(service.cache.queue_prefetch, image_id)
+    await service.cache.queue.add_async(image_id)
     service.kick_prefetcher()
     return Response(status_code=202)
 
@@ -107,7 +107,7 @@ async def delete_cache_entry(request: Request) -> Response:
 
     def evict() -> None:
         service.cache.evict_image(image_id)
-        service.cache.dequeue_prefetch(image_id)
+        service.cache.queue.remove(image_id)
 
     await service.cache.settle_fills(image_id)
     await asyncio.to_thread(evict)

@@ -120,7 +120,7 @@ class EdgeService:
                 try:
                     answer = await self.show(image_id)
                     if answer.status in (404, 410) or (answer.status == 200 and not cacheable(answer.json())):
-                        await asyncio.to_thread(self.cache.dequeue_prefetch, image_id)
+                        await self.cache.queue.remove_async(image_id)
                         counts["dropped"] += 1
                         return
                     if answer.status != 200:
@@ -130,10 +130,10 @@ class EdgeService:
                     log.error("prefetch of image %s failed (stays queued): %s", image_id, exc)
                     counts["failed"] += 1
                     return
-                await asyncio.to_thread(self.cache.dequeue_prefetch, image_id)
+                await self.cache.queue.remove_async(image_id)
                 counts["cached"] += 1
 
-        queued = await asyncio.to_thread(self.cache.queued)
+        queued = await asyncio.to_thread(self.cache.queue.items)
         await asyncio.gather(*(one(image_id) for image_id in queued))
         return PrefetchResult(**counts)
 

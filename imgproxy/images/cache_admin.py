@@ -33,7 +33,7 @@ def image_progress(cache: ImageCache, image_id: str) -> dict[str, Any] | None:
     --wait``): ``cached_bytes`` of ``size`` (None while unknown), ``complete``, ``queued``;
     None when the cache neither holds nor queues the image. Blocking: run it off the loop."""
     row = cache.cached_image(image_id)
-    queued = image_id in cache.queued()
+    queued = image_id in cache.queue.items()
     if row is None and not queued:
         return None
     return {"image_id": image_id, "cached_bytes": row["size"] if row else 0, "size": row["image_size"] if row else None,
@@ -60,7 +60,7 @@ class CacheAdmin:
         _admin(ctx)
         fields = ("image_id", "hits", "last_accessed", "last_modified", "size")
         cached = [{k: row[k] for k in fields} for row in await self._complete_images()]
-        return cached, self._s.cache.queued()
+        return cached, self._s.cache.queue.items()
 
     def _read_in_place(self, record: dict[str, Any]) -> bool:
         """The image's first copy is a file a local store serves in place: it is on this node's
@@ -81,7 +81,7 @@ class CacheAdmin:
         if self._read_in_place(record):
             log.info("image %s is read in place from a local file store: nothing to prefetch", image_id)
             return
-        await self._s.writer.run(self._s.cache.queue_prefetch, image_id)
+        await self._s.cache.queue.add_async(image_id)
         self._s.locations.full_read(image_id)  # the prefetch reads it all: verify it on the way
         self._kick_prefetcher()
 
@@ -107,13 +107,13 @@ class CacheAdmin:
         and neither cached nor queued."""
         _admin(ctx)
         cache = self._s.cache
-        if self._s.registry.get(image_id) is None and image_id not in cache.queued():
+        if self._s.registry.get(image_id) is None and image_id not in cache.queue.items():
             if not any(row["image_id"] == image_id for row in await self._s.readers.run(cache.cached_images)):
                 raise NotFound(f"Image {image_id} not found.")
 
         def evict() -> None:
             result = cache.evict_image(image_id)
-            cache.dequeue_prefetch(image_id)
+            cache.queue.remove(image_id)
             log.info("evicted image %s from the cache: %s", image_id, result)
 
         await cache.settle_fills(image_id)
@@ -126,7 +126,7 @@ class CacheAdmin:
             raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', 'queue' or empty string.")
         if target in ("", "queue"):
             # Queue first: a prefetch run must not refill what is being cleared.
-            dequeued = await self._s.writer.run(self._s.cache.clear_queue)
+            dequeued = await self._s.cache.queue.clear_async()
             log.info("cleared the prefetch queue (%d images)", dequeued)
         if target in ("", "cache"):
             result = await self._s.cache.clear_cache()

@@ -88,7 +88,7 @@ async def status_page(request: Request) -> Response:
     await _authorize(request, service.settings, service.auth)
     figures = await asyncio.to_thread(cache_figures, service.cache, service.env)
     top = await asyncio.to_thread(most_read, service.cache, MOST_READ)
-    queued = await asyncio.to_thread(service.cache.queued)
+    queued = await asyncio.to_thread(service.cache.queue.items)
     fills = await asyncio.to_thread(read_boards, run_dir(service.settings.data_dir), fill_board(service.cache))
     ids = {row["image_id"] for row in top} | set(queued[:100]) | {f["image_id"] for f in fills}
     names = await asyncio.to_thread(_names, service, ids)

@@ -118,15 +118,15 @@ async def test_prefetch_queue_persists_and_fills_images(tmp_path: Path, file_sto
     cache = ImageCache(data_dir / "cache", env, **cache_kwargs())
     data = image_bytes(3 * CHUNK + 5, seed=130)
     manifest, location = await add_image(cache, "img", data, cached=False)
-    assert await cache.queue_prefetch_async("img") and not await cache.queue_prefetch_async("img")
-    await cache.queue_prefetch_async("gone")
+    assert await cache.queue.add_async("img") and not await cache.queue.add_async("img")
+    await cache.queue.add_async("gone")
     await cache.aclose()
     env.close()
 
     env = open_env(data_dir, MAP_SIZE)
     cache = ImageCache(data_dir / "cache", env, **cache_kwargs())
     try:
-        assert cache.queued() == ["img", "gone"]
+        assert cache.queue.items() == ["img", "gone"]
         upstream = ScriptedStore(file_store)
 
         async def resolve(image_id: str) -> tuple[Manifest, ScriptedStore, str] | None:
@@ -135,12 +135,12 @@ async def test_prefetch_queue_persists_and_fills_images(tmp_path: Path, file_sto
 
         result = await cache.prefetch_pending(resolve, concurrency=2)
         assert (result.cached, result.failed, result.dropped) == (1, 0, 1)
-        assert cache.queued() == []
+        assert cache.queue.items() == []
         await cache.wait_idle()
         listed = (await cache.cached_images_async())
         assert [(i["image_id"], i["complete"], i["hits"]) for i in listed] == [("img", True, 0)]
-        assert await cache.queue_prefetch_async("img")
-        assert await cache.clear_queue_async() == 1 and cache.queued() == []
+        assert await cache.queue.add_async("img")
+        assert await cache.queue.clear_async() == 1 and cache.queue.items() == []
     finally:
         await cache.aclose()
         env.close()
@@ -212,10 +212,10 @@ async def test_forget_image_with_unknown_manifest_and_queue(make_cache, file_sto
     data = image_bytes(2 * CHUNK, seed=160)
     location = put_object(file_store.root, "u", data)
     await cache.put_manifest_async("u", Manifest.unknown(len(data), CHUNK))
-    await cache.queue_prefetch_async("u")
+    await cache.queue.add_async("u")
     await _drain(cache.read("u", cache.get_manifest("u"), ByteRange(0, len(data)), ScriptedStore(file_store), location))
     await cache.wait_idle()
     await cache.forget_image_async("u")
-    assert cache.get_manifest("u") is None and cache.queued() == []
+    assert cache.get_manifest("u") is None and cache.queue.items() == []
     await cache.clean()
     assert (await cache.stats_async())["chunks"] == 0 and chunk_files(cache.store.root) == []
