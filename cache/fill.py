@@ -3,7 +3,8 @@
 In one process, readers of a missing chunk share one :class:`Fill` (its bytes so far in
 memory, a wake-up event). Across processes sharing the cache directory, the fill of a
 chunk is owned by whoever holds ``fills/<key>.lock`` (``flock``); the owner appends what
-it reads upstream to ``fills/<key>.part``. A process that cannot take the lock tails the
+it reads upstream to ``fills/<key>.part`` (what came in, once per ``PART_INTERVAL`` at
+most, and the rest at the end). A process that cannot take the lock tails the
 ``.part`` file (polling its size) into its own :class:`Fill` until the lock is free, then
 takes the lock itself and finishes from the final chunk file, or, if the owner failed,
 fetches the rest from the store. So N readers in any number of processes cause one
@@ -56,6 +57,7 @@ T = TypeVar("T")
 log = logging.getLogger("imgproxy.cache")
 
 TAIL_POLL = 0.005  # seconds between looks at another process's .part file
+PART_INTERVAL = 0.5  # seconds, at most, between writes of a running fill's .part file
 
 
 def try_lock(path: Path) -> int | None:
@@ -127,6 +129,10 @@ class FillRunner:
         self.verifier = verifier
         self.retries = retries
         self.stall_timeout = stall_timeout
+        # A fill writes its .part file when it ends (one write on a worker thread: a hop per
+        # piece cost a sixth of a cold fill's CPU), and on the way only as often as tailers
+        # in other processes need to see progress, well within their stall_timeout.
+        self.part_interval = min(PART_INTERVAL, stall_timeout / 4)
         self.reserve = reserve  # room for a chunk; released with pending.release
         self._last_full_log = -60.0
 
@@ -308,6 +314,8 @@ class FillRunner:
         (``None`` if writing it failed)."""
         spec = fill.spec
         failures = 0
+        loop = asyncio.get_running_loop()
+        written_at = loop.time()
         while fill.filled < fill.length:
             start = spec.span.start + fill.filled
             it = spec.source.read(spec.location, ByteRange(start, spec.span.end))
@@ -325,7 +333,8 @@ class FillRunner:
                     fill.append(piece)
                     progressed = True
                     self.pending.count("bytes_upstream", len(piece))
-                    if part is not None:
+                    if part is not None and loop.time() - written_at >= self.part_interval:
+                        written_at = loop.time()
                         try:
                             await self._io(part.catch_up, fill.got)
                         except OSError as exc:

@@ -54,8 +54,9 @@ class PartFile:
             self._write(got[self.written:end])
 
     def finish(self, got: memoryview) -> None:
-        """Write the rest of ``got`` (the whole chunk) and fsync."""
+        """Write the rest of ``got`` (the whole chunk: its whole blocks still direct) and fsync."""
         assert self.fd is not None
+        self.catch_up(got)
         if self.written < len(got):
             self._buffered()
             self._write(got[self.written:])
