@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .api import cache_api, data, images, imports, info, locations, members, metadefs, stores, tasks, versions
 from .api.common import json_response
 from .api.versions import versions_document
-from .context import RequestContext
 from .errors import ApiError, Unauthorized, error_response
 from .heads import MAX_HEADER_LINE as MAX_HEADER_LINE  # the edge app's too
 from .heads import MAX_HEADERS_TOTAL as MAX_HEADERS_TOTAL
@@ -59,21 +58,25 @@ _JSON_TYPE = (b"content-type", b"application/json")
 class ApiMiddleware:
     """Normalizes the version prefix and authenticates the caller.
 
-    Pure ASGI so that streaming responses pass through untouched. Image show, the call
-    compute nodes and dashboards make most, is answered here from the stored view, as its
-    route (``show_route``) would answer it, without the router and Request/Response objects
-    (when the protocol has not answered it already: :mod:`imgproxy.shortcut`).
+    Pure ASGI so that streaming responses pass through untouched. Image show and list, the
+    calls compute nodes and dashboards make most, are answered here from the stored views,
+    as their routes (``show_route``, ``list_route``) would answer them, without the router
+    and Request/Response objects (a show, when the protocol has not answered it already:
+    :mod:`imgproxy.shortcut`).
     """
 
-    def __init__(self, app: ASGIApp, show_route: BaseRoute | None = None) -> None:
+    def __init__(self, app: ASGIApp, show_route: BaseRoute | None = None, list_route: BaseRoute | None = None) -> None:
         self.app = app
         self.show_route = show_route
+        self.list_route = list_route
 
-    async def _show(self, scope: Scope, receive: Receive, send: Send, service: Service, context: RequestContext,
-                    image_id: str) -> None:
-        scope["route"] = self.show_route  # what the access log and the metrics name
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, route: BaseRoute | None,
+                      body: Coroutine[Any, Any, bytes]) -> None:
+        """Send ``body``'s JSON as ``route`` would (an :class:`ApiError` it raises as the error
+        answer), without the router and Request/Response objects."""
+        scope["route"] = route  # what the access log and the metrics name
         try:
-            view = await service.images.records.show(context, image_id)
+            view = await body
         except ApiError as exc:
             await error_response(exc.status, exc.title, exc.message, exc.headers)(scope, receive, send)
             return
@@ -115,7 +118,12 @@ class ApiMiddleware:
             scope["state"]["context"] = context
             image_id = shown_id(scope["method"], path) if self.show_route is not None else None
             if image_id is not None:
-                await self._show(scope, receive, send, service, context, image_id)
+                await self._answer(scope, receive, send, self.show_route,
+                                   service.images.records.show(context, image_id))
+                return
+            if path == "/v2/images" and scope["method"] == "GET" and self.list_route is not None:
+                await self._answer(scope, receive, send, self.list_route,
+                                   images.list_page(service, context, scope["query_string"]))
                 return
         await self.app(scope, receive, send)
 
@@ -178,9 +186,11 @@ def create_app(settings: Settings) -> Starlette:
     )
     # Glance answers /v2/images/ with 404, not a redirect to /v2/images.
     app.router.redirect_slashes = False
-    show = next(r for r in images.routes if getattr(r, "path", None) == SHOW_ROUTE
-                and "GET" in (getattr(r, "methods", None) or ()))
-    app.add_middleware(ApiMiddleware, show_route=show)
+    def get_route(path: str) -> BaseRoute:
+        return next(r for r in images.routes if getattr(r, "path", None) == path
+                    and "GET" in (getattr(r, "methods", None) or ()))
+
+    app.add_middleware(ApiMiddleware, show_route=get_route(SHOW_ROUTE), list_route=get_route("/v2/images"))
     # Outermost: ids, log lines and metrics for every answer (the recorder: the shortcut's too).
     app.add_middleware(AccessMiddleware, recorder=recorder)
     return app

@@ -7,12 +7,15 @@ Each handler parses the request, calls one method of the image service
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..context import RequestContext
 from ..errors import UnsupportedMediaType
 from ..listing_query import parse_query
 from ..patch import PATCH_TYPES
@@ -20,7 +23,10 @@ from ..views import image_view, images_page_json
 from .bodies import json_body
 from .common import caller, json_response, path_image_id, service_of
 
-__all__ = ["routes"]
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["list_page", "routes"]
 
 
 async def create_image(request: Request) -> Response:
@@ -42,11 +48,18 @@ def _page_link(params: list[tuple[str, str]], marker: str | None) -> str:
     return "/v2/images" + (f"?{urlencode(kept)}" if kept else "")
 
 
-async def index_images(request: Request) -> Response:
-    params = list(request.query_params.multi_items())
-    page = await service_of(request).images.records.list(caller(request), parse_query(params))
+async def list_page(service: Service, ctx: RequestContext, query_string: bytes) -> bytes:
+    """The body of ``GET /v2/images?<query_string>`` for ``ctx``."""
+    params = QueryParams(query_string).multi_items()
+    page = await service.images.records.list(ctx, parse_query(params))
     next_link = None if page.next_marker is None else _page_link(params, page.next_marker)
-    return Response(images_page_json(page.views, _page_link(params, None), next_link), media_type="application/json")
+    return images_page_json(page.views, _page_link(params, None), next_link)
+
+
+async def index_images(request: Request) -> Response:
+    # GET is answered before the router (imgproxy.app.ApiMiddleware), alike; HEAD comes here.
+    body = await list_page(service_of(request), caller(request), request.scope["query_string"])
+    return Response(body, media_type="application/json")
 
 
 async def show_image(request: Request) -> Response:
