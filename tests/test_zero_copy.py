@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 
 from tests.cache_http import CHUNK, CacheClient, cache_server_config, chunk_files, payload, wait_for
 from tests.server import ServerProcess, free_port
-from imgproxy.zerocopy import UNSENT_MAX
+from imgproxy.zerocopy import FEW, UNSENT_MAX
 
 SIZE = 5 * CHUNK + 1234  # six chunks, the last one short
 
@@ -238,6 +239,51 @@ def test_a_client_that_stops_reading_pins_little_unsent_data_in_the_server(
             assert part, f"the connection ended after {len(body)} of {len(data)} bytes"
             body += part
         assert body == data
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """The body of the next response on ``sock`` (one with a Content-Length)."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        part = sock.recv(65536)
+        assert part, "the connection ended before the response head"
+        got += part
+    head, body = got.split(b"\r\n\r\n", 1)
+    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert head.startswith(b"HTTP/1.1 200") and match, head
+    while len(body) < int(match.group(1)):
+        part = sock.recv(1 << 20)
+        assert part, f"the connection ended after {len(body)} of {match.group(1)} body bytes"
+        body += part
+    return body
+
+
+def test_a_response_sent_from_files_holds_back_no_bytes_at_its_end(
+        in_place: tuple[ServerProcess, CacheClient]) -> None:
+    # With more than FEW requests in flight, sending from files corks the socket (full
+    # segments only); the response's end must uncork it, or its last short segment waits
+    # for the kernel's 200 ms cork timer.
+    server, api = in_place
+    data = payload(SIZE, seed=31)
+    image_id = api.new_image(data)
+    assert api.download(image_id) == data
+    big_id, _ = _big_image(api, seed=32)
+    stalled = [_raw_get(server, big_id)[0] for _ in range(FEW)]  # in flight, reading nothing
+    request = (f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+               f"X-Auth-Token: {server.admin_token}\r\n\r\n").encode()
+    took = []
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            for _ in range(3):  # one kept-alive connection: each response ends whole
+                start = time.perf_counter()
+                sock.sendall(request)
+                assert _read_response(sock) == data
+                took.append(time.perf_counter() - start)
+    finally:
+        for other in stalled:
+            other.close()
+    # A few ms on loopback; >= 0.2 s every time if the last segment were held back.
+    assert min(took) < 0.1, took
 
 
 class PlainUvicorn:
