@@ -160,12 +160,16 @@ class _Lister:
         Each stream gives at most ``limit`` entries (C-level iteration), so the index reads
         stay under ``streams * limit``; an image in several streams has one order, once.
         """
-        orders: set[bytes] = set()
+        pages: list[list[bytes]] = []
         for part in self.plan.parts:
             for prefix in part.streams:
                 found = self.index.newest(self.txn, prefix, before, self.q.limit)
                 self.reads.index += len(found)
-                orders.update(found)
+                if found:
+                    pages.append(found)
+        if len(pages) == 1:  # one stream holds them all (often so): it is the page, in order
+            return pages[0]
+        orders: set[bytes] = set().union(*pages)
         return sorted(orders, reverse=True)[:self.q.limit]
 
     def views(self, ids: list[bytes]) -> list[bytes]:
