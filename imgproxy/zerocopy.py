@@ -33,7 +33,7 @@ headers, Content-Length or chunked framing, keep-alive) stays uvicorn's: the bod
   segment behind, pushed alone (the socket is ``TCP_NODELAY``) for the client to take in as
   one more packet; what is left goes out when the response ends (or, at a pause, after the
   kernel's 200 ms). 32 curls reading a cached 1 GiB image (1 worker, 2 cores), each run
-  in turn with nginx: 0.88-0.97x nginx's throughput before (median 0.93, 16 runs),
+  in turn with nginx: 0.88-0.97x nginx's throughput before (median 0.93, 13 runs),
   0.93-1.04x after (median 0.97, 15 runs), the curls' and the kernel's receive work
   falling by more than the server's rises; corking each body part alone gained nothing.
   A lone stream is not corked: with its ``UNSENT_MAX`` limit, one curl was no faster.
