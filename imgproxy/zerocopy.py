@@ -222,9 +222,8 @@ class ZeroCopySend:
         if at_position:
             os.lseek(fd, offset + count, os.SEEK_SET)
         if not message.get("more_body", False):
-            self._uncork()
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.close()
+            self.close()  # uncorks: the end of the body goes out with what is left
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> None:
         cycle = self._cycle
