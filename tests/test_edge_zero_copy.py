@@ -13,6 +13,7 @@ under uvloop, never with ``sendfile``).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -172,13 +173,22 @@ def test_a_corrupt_chunk_the_upstream_cannot_replace_cuts_the_connection(
     victim = next(p for p in chunk_files(edge.data_dir) if p.read_bytes() == data[2 * CHUNK:3 * CHUNK])
     flip_byte(victim, 7)
     rotten = victim.read_bytes()
-    for first in (0, 2 * CHUNK):
-        status, declared, got, cut = _read_to_cut(url, {"X-Auth-Token": "any", "Range": f"bytes={first}-"})
-        assert (status, declared, cut) == (206, SIZE - first, True)
-        good = 2 * CHUNK - first
-        assert got[:good] == data[first:2 * CHUNK]  # the good chunks, then the cut
-        assert len(got) < 3 * CHUNK - first  # the third chunk never whole ...
-        assert rotten[:64] not in got  # ... and not one piece of the rotten copy
+    status, declared, got, cut = _read_to_cut(url, {"X-Auth-Token": "any", "Range": "bytes=0-"})
+    assert (status, declared, cut) == (206, SIZE, True)
+    assert got[:2 * CHUNK] == data[:2 * CHUNK]  # the good chunks, then the cut
+    assert len(got) < 3 * CHUNK  # the third chunk never whole ...
+    assert rotten[:64] not in got  # ... and not one piece of the rotten copy
+    # A read that starts at the bad chunk: its first piece comes from a fill of the upstream's
+    # wrong bytes. Whether the fill's check fails before that piece is taken (then nothing was
+    # sent: an error status) or after (206, cut before the chunk's end) is the scheduler's call;
+    # either way no byte of the chunk is ever sent whole and none of the rotten copy.
+    status, declared, got, cut = _read_to_cut(url, {"X-Auth-Token": "any", "Range": f"bytes={2 * CHUNK}-"})
+    if status == 502:
+        error = json.loads(got)["error"]
+        assert error["code"] == 502 and "does not match" in error["message"] and not cut
+    else:
+        assert (status, declared, cut) == (206, SIZE - 2 * CHUNK, True)
+        assert len(got) < CHUNK and rotten[:64] not in got
     r = httpx.get(url, headers={"X-Auth-Token": "any", "Range": f"bytes=0-{2 * CHUNK - 1}"}, timeout=30)
     assert r.status_code == 206 and r.content == data[:2 * CHUNK]
 
