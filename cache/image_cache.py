@@ -294,12 +294,14 @@ class ImageCache:
             try:
                 with write_txn(self.env) as txn:
                     self.index.apply(txn, batch)
-                    refs.apply_learned(txn, self.manifests, self.index, batch.learned)
+                    orphans = refs.apply_learned(txn, self.manifests, self.index, batch.learned)
             except lmdb.Error as exc:
                 log.error("cannot write the cache index (%s); will retry", exc)
                 self.pending.give_back(batch)
             else:
                 self.pending.flushed(batch)
+                for address in orphans:
+                    self.store.remove(address)
 
     async def prune(self) -> PruneResult:
         """If over the high watermark, evict LRU chunks down to the low watermark."""

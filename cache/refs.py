@@ -61,14 +61,25 @@ def evict_unshared(txn: lmdb.Transaction, manifests: ManifestTable, index: Chunk
 
 
 def apply_learned(txn: lmdb.Transaction, manifests: ManifestTable, index: ChunkIndex,
-                  learned: dict[tuple[str, int], bytes | None]) -> None:
-    """Write chunk addresses learned by fills (``None``: a collision) into the manifests."""
+                  learned: dict[tuple[str, int], bytes | None]) -> list[bytes]:
+    """Write chunk addresses learned by fills (``None``: a collision) into the manifests;
+    return the chunks nothing references now (marked absent).
+
+    A fill may store its chunk after its image was forgotten (a read that began before the
+    image was dropped): such a chunk belongs to no image, and goes unless another shares it.
+    """
     by_image: dict[str, list[tuple[int, bytes | None]]] = {}
     for (image_id, i), address in learned.items():
         by_image.setdefault(image_id, []).append((i, address))
+    orphans: list[bytes] = []
     for image_id, items in by_image.items():
         manifest = manifests.get(txn, image_id)
         if manifest is None:
+            for _, address in items:
+                rec = None if address is None else index.get(txn, address)
+                if rec is not None and rec.present and rec.refs <= 0 and index.mark_absent(txn, address):
+                    orphans.append(address)  # type: ignore[arg-type]
+            index.delete_image_info(txn, image_id)
             continue
         before = manifest.cacheable_addresses()
         for i, address in items:
@@ -83,3 +94,4 @@ def apply_learned(txn: lmdb.Transaction, manifests: ManifestTable, index: ChunkI
         sizes = _sizes(manifest)
         index.incref(txn, ((a, sizes[a]) for a in after - before))
         index.decref(txn, before - after)
+    return orphans

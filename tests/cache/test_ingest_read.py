@@ -108,6 +108,25 @@ async def test_unknown_addresses_are_learned_by_the_first_fill(make_cache, file_
     assert (await cache.cached_images_async())[0]["complete"] is True
 
 
+async def test_chunks_a_read_learns_after_its_image_was_forgotten_do_not_stay(make_cache, file_store):
+    # An edge drops an image whose bytes failed their check while another read of it, holding
+    # the manifest from before the drop, still fills: what those fills store belongs to no image.
+    cache = make_cache()
+    data = image_bytes(3 * CHUNK + 1, seed=17)
+    location = put_object(file_store.root, "gone", data)
+    await cache.put_manifest_async("gone", Manifest.unknown(len(data), CHUNK))
+    manifest = cache.get_manifest("gone")
+    await cache.forget_image_async("gone")
+    assert await collect(cache.read("gone", manifest, ByteRange(0, len(data)), ScriptedStore(file_store),
+                                    location)) == data
+    await cache.wait_idle()
+    await cache.flush()
+    assert cache.get_manifest("gone") is None
+    assert (await cache.cached_images_async()) == []
+    assert (await cache.stats_async())["bytes_cached"] == 0
+    assert chunk_files(cache.store.root) == []
+
+
 async def test_corrupt_chunk_is_dropped_refilled_and_never_served(make_cache, add_image, file_store):
     cache = make_cache()
     data = image_bytes(3 * CHUNK, seed=8)
