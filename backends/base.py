@@ -28,6 +28,8 @@ __all__ = [
     "LocalBackend",
     "local_file",
     "read_chunks",
+    "read_into",
+    "copy_into",
     "PIECE_SIZE",
 ]
 
@@ -188,3 +190,36 @@ def read_chunks(backend: ReadBackend) -> int:
     """
     value = getattr(backend, "read_chunks", 1)
     return value if isinstance(value, int) and value > 0 else 1
+
+
+def read_into(backend: ReadBackend, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
+    """Read ``byte_range`` of ``location`` into ``into`` (writable, ``byte_range.length``
+    long), front to back; yield how many more bytes landed each time (at most ``PIECE_SIZE``).
+
+    A store with its own ``read_into`` (the s3 and swift stores, over the lean HTTP client)
+    has the kernel put the bytes there: a cold fill's bytes then cross memory once, not three
+    times (receive buffer, ``bytes`` piece, fill buffer). Any other is read with ``read`` and
+    copied. Raises as ``read`` does; the caller closes the iterator if it stops early.
+    """
+    direct = getattr(backend, "read_into", None)
+    if direct is not None:
+        return direct(location, byte_range, into)  # type: ignore[no-any-return]
+    return copy_into(backend.read(location, byte_range), into)
+
+
+async def copy_into(pieces: AsyncIterator[bytes], into: memoryview) -> AsyncIterator[int]:
+    """``pieces`` copied into ``into`` front to back, yielding each one's size; bytes past
+    ``into``'s end are not taken (the read stops there). Closes ``pieces``."""
+    pos = 0
+    try:
+        async for piece in pieces:
+            take = min(len(piece), len(into) - pos)
+            if take <= 0:
+                return
+            into[pos:pos + take] = piece[:take] if take < len(piece) else piece
+            pos += take
+            yield take
+    finally:
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from .base import PIECE_SIZE, BackendUnavailable, ByteRange
 from .http_wire import Closed, Connection, Head, parse_head
 
 __all__ = ["FastBody", "FastPool", "FastStats", "FastTarget", "fast_target"]
+
+T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 # Printable ASCII without space: anything else needs httpx's URL encoding.
@@ -132,16 +135,30 @@ class FastBody:
         """
         while self._sent < self._want:
             size = min(PIECE_SIZE, self._want - self._sent)
-            try:
-                piece = await self._conn.read_piece(size)
-            except Closed as exc:
-                raise BackendUnavailable(
-                    f"http store sent {self._sent + exc.received} of {self._want} bytes", location=self._location
-                ) from None
-            except TimeoutError:
-                raise BackendUnavailable("http store timed out (ReadTimeout)", location=self._location) from None
+            piece = await self._next(self._conn.read_piece(size))
             self._sent += size
             yield piece
+
+    async def read_into(self, into: memoryview) -> AsyncIterator[int]:
+        """Put the asked bytes into ``into`` (writable, at least that long), front to back, with
+        no copy of ours; yield the size of each piece of at most ``PIECE_SIZE`` as it lands.
+        Raises as :meth:`pieces` does."""
+        while self._sent < self._want:
+            size = min(PIECE_SIZE, self._want - self._sent)
+            await self._next(self._conn.read_into(into[self._sent:self._sent + size]))
+            self._sent += size
+            yield size
+
+    async def _next(self, read: Awaitable[T]) -> T:
+        """The connection's ``read``, its failures told as the store's."""
+        try:
+            return await read
+        except Closed as exc:
+            raise BackendUnavailable(
+                f"http store sent {self._sent + exc.received} of {self._want} bytes", location=self._location
+            ) from None
+        except TimeoutError:
+            raise BackendUnavailable("http store timed out (ReadTimeout)", location=self._location) from None
 
     def close(self) -> None:
         if self._closed:

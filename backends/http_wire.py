@@ -127,6 +127,15 @@ class Connection(asyncio.BufferedProtocol):
             # kernel's copy does not pay page faults on every piece.
             self._piece = bytearray(PIECE_SIZE)
         view = memoryview(self._piece)[:size]
+        await self.read_into(view)
+        # One copy, so callers get immutable ``bytes`` (StreamingResponse and hashing want them).
+        return bytes(view)
+
+    async def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` (writable) with the next ``len(view)`` body bytes: the kernel copies
+        them straight there. Raises :class:`Closed` or ``TimeoutError``; ``view`` then holds
+        what came, and nothing here refers to it any more."""
+        size = len(view)
         take = min(size, len(self._pending))
         if take:
             view[:take] = self._pending[:take]
@@ -143,8 +152,6 @@ class Connection(asyncio.BufferedProtocol):
                     await self._wait()
             finally:
                 self._target = None
-        # One copy, so callers get immutable ``bytes`` (StreamingResponse and hashing want them).
-        return bytes(view)
 
     def park(self) -> None:
         """Keep reading while idle in the pool, so a server's close is noticed."""

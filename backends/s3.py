@@ -41,9 +41,9 @@ import obstore
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
-from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange
+from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange, copy_into
 from .fast_read import store_read
-from .http_fast import FastPool, fast_target
+from .http_fast import FastBody, FastPool, fast_target
 from .s3_options import S3Options
 from .s3_writer import S3Writer
 
@@ -274,7 +274,26 @@ class S3Backend:
             self._fast = self._fast_pool()
         return True
 
+    async def read_into(self, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
+        """:meth:`read` of ``byte_range`` put into ``into`` (see :func:`backends.base.read_into`):
+        over presigned URLs the kernel puts the bytes there; through obstore they are copied."""
+        if self._fast is None or byte_range.length == 0:
+            async for size in copy_into(self.read(location, byte_range), into):
+                yield size
+            return
+        body = await self._open_presigned(self.key_for(location), location, byte_range)
+        with store_read(body, f"the s3 store {self.name} failed", location):
+            async for size in body.read_into(into):
+                yield size
+
     async def _read_presigned(self, key: str, location: str, byte_range: ByteRange) -> AsyncIterator[bytes]:
+        body = await self._open_presigned(key, location, byte_range)
+        with store_read(body, f"the s3 store {self.name} failed", location):
+            async for piece in body.pieces():
+                yield piece
+
+    async def _open_presigned(self, key: str, location: str, byte_range: ByteRange) -> FastBody:
+        """The body of a ranged GET of a presigned URL; the caller holds it in :func:`store_read`."""
         assert self._fast is not None
         try:
             url = await obstore.sign_async(self._store, "GET", key, _PRESIGN_FOR)
@@ -292,9 +311,7 @@ class S3Backend:
             except Exception as exc:
                 raise self._translate(exc, location) from exc
             raise BackendUnavailable(f"the s3 store {self.name} gave no usable answer to a ranged GET", location=location)
-        with store_read(body, f"the s3 store {self.name} failed", location):
-            async for piece in body.pieces():
-                yield piece
+        return body
 
     # -- writing --------------------------------------------------------------
 

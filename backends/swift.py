@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .base import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange
+from .base import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, copy_into
 from .fast_read import store_read
 from .http_fast import FastBody, FastPool, fast_target
 from .swift_auth import SwiftOptions
@@ -150,6 +150,10 @@ class SwiftBackend:
                     async for piece in body.pieces():
                         yield piece
                 return
+        async for piece in self._read_httpx(path, location, byte_range):
+            yield piece
+
+    async def _read_httpx(self, path: str, location: str, byte_range: ByteRange | None) -> AsyncIterator[bytes]:
         headers = {} if byte_range is None else {"Range": f"bytes={byte_range.start}-{byte_range.end - 1}"}
         response = await self.client.send("GET", path, headers=headers, stream=True)
         try:
@@ -166,6 +170,23 @@ class SwiftBackend:
             raise self.client.translate(exc, path) from exc
         finally:
             await response.aclose()
+
+    async def read_into(self, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
+        """:meth:`read` of ``byte_range`` put into ``into`` (see :func:`backends.base.read_into`):
+        over the lean client the kernel puts the bytes there; through httpx they are copied."""
+        if not byte_range.length:
+            async for size in copy_into(self.read(location, byte_range), into):
+                yield size
+            return
+        path = self._path(location)
+        body = await self._open_fast(path, location, byte_range)
+        if body is None:
+            async for size in copy_into(self._read_httpx(path, location, byte_range), into):
+                yield size
+            return
+        with store_read(body, f"{self.store}: Swift failed", location):
+            async for size in body.read_into(into):
+                yield size
 
     async def _open_fast(self, path: str, location: str, byte_range: ByteRange) -> FastBody | None:
         """The body of ``byte_range`` through the lean client, or ``None``: read it through httpx."""

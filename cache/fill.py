@@ -41,7 +41,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from backends.base import BackendError, BackendNotFound, ByteRange
+from backends.base import BackendError, BackendNotFound, ByteRange, read_into
 
 from .chunks import ChunkStore, WriteOutcome
 from .errors import CacheError, UpstreamCorrupt, UpstreamFailed
@@ -318,21 +318,21 @@ class FillRunner:
         written_at = loop.time()
         while fill.filled < fill.length:
             start = spec.span.start + fill.filled
-            it = spec.source.read(spec.location, ByteRange(start, spec.span.end))
+            # The store puts the bytes straight into the fill's buffer where it can.
+            it = read_into(spec.source, spec.location, ByteRange(start, spec.span.end), fill.rest())
             progressed = False
             try:
                 while fill.filled < fill.length:
                     try:
                         async with asyncio.timeout(self.stall_timeout):
-                            piece = await anext(it)
+                            count = await anext(it)
                     except StopAsyncIteration:
                         raise BackendError(f"store ended at {spec.span.start + fill.filled}") from None
-                    piece = piece[:fill.length - fill.filled]
-                    if not piece:
+                    if not count:
                         continue
-                    fill.append(piece)
+                    fill.advance(count)
                     progressed = True
-                    self.pending.count("bytes_upstream", len(piece))
+                    self.pending.count("bytes_upstream", count)
                     if part is not None and loop.time() - written_at >= self.part_interval:
                         written_at = loop.time()
                         try:

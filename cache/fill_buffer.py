@@ -156,6 +156,22 @@ class Fill:
         self.filled = end
         self._notify()
 
+    def rest(self) -> memoryview:
+        """The buffer past the bytes in so far, for a store to put the next bytes in; then
+        :meth:`advance`. Readers never see it before that (they read up to ``filled``)."""
+        assert self._view is not None, "fill buffer already released"
+        return self._view[self.filled:]
+
+    def advance(self, count: int) -> None:
+        """``count`` more bytes were put in at :meth:`rest`."""
+        end = self.filled + count
+        if end > self.length:
+            raise ValueError(f"fill of {self.spec.key}: {end} bytes for a chunk of {self.length}")
+        assert self._view is not None, "fill buffer already released"
+        self._hash.update(self._view[self.filled:end])
+        self.filled = end
+        self._notify()
+
     def address(self) -> bytes:
         """The chunk address (xxh3-128) of the bytes in so far."""
         return self._hash.digest()

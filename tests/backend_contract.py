@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend, WriteBackend
+from backends.base import PIECE_SIZE, BackendError, BackendNotFound, ByteRange, ReadBackend, WriteBackend, read_into
 from tests.helpers import payload
 
 __all__ = ["StoreUnderTest", "ReadBackendContract", "WriteBackendContract", "payload"]
@@ -100,6 +100,32 @@ class ReadBackendContract:
         pieces = await collect(store.backend.read(loc, ByteRange(start, end)))
         assert b"".join(pieces) == data[start:end]
         assert all(0 < len(p) <= PIECE_SIZE for p in pieces)
+
+    @pytest.mark.parametrize("start,end", [(0, 10), (PIECE_SIZE - 7, PIECE_SIZE + 7), (17, SIZE), (SIZE, SIZE)])
+    async def test_read_range_into_a_buffer(self, store: StoreUnderTest, start: int, end: int) -> None:
+        # What a cold fill does: the range's bytes put into its buffer, front to back.
+        data = payload(SIZE, 8)
+        loc = await store.seed(f"into-{start}-{end}", data)
+        buffer = bytearray(b"\xee" * (end - start + 3))
+        counts = [n async for n in read_into(store.backend, loc, ByteRange(start, end),
+                                             memoryview(buffer)[:end - start])]
+        assert bytes(buffer) == data[start:end] + b"\xee" * 3  # nothing past the range written
+        assert sum(counts) == end - start and all(0 < n <= PIECE_SIZE for n in counts)
+
+    async def test_read_into_fails_as_read_does(self, store: StoreUnderTest) -> None:
+        loc = await store.seed("into-past", payload(SIZE, 9))
+        with pytest.raises(BackendError):
+            [n async for n in read_into(store.backend, loc, ByteRange(SIZE - 5, SIZE + 5), memoryview(bytearray(10)))]
+        with pytest.raises(BackendNotFound):
+            [n async for n in read_into(store.backend, store.location_of("not-there"), ByteRange(0, 10),
+                                        memoryview(bytearray(10)))]
+        # Closed after its first piece, the read lets go of its connection: the store keeps working.
+        it = read_into(store.backend, loc, ByteRange(0, SIZE), memoryview(bytearray(SIZE)))
+        assert await anext(it) > 0
+        await it.aclose()  # type: ignore[attr-defined]
+        buffer = bytearray(SIZE)
+        assert sum([n async for n in read_into(store.backend, loc, ByteRange(0, SIZE), memoryview(buffer))]) == SIZE
+        assert bytes(buffer) == payload(SIZE, 9)
 
     @pytest.mark.parametrize("start,end", [(SIZE - 5, SIZE + 5), (SIZE + 1, SIZE + 100)])
     async def test_range_past_end_raises(self, store: StoreUnderTest, start: int, end: int) -> None:

@@ -8,14 +8,17 @@ in the cache.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from backends import ByteRange, ReadBackend
-from backends.base import read_chunks
+from backends.base import read_chunks, read_into
 
 from .metrics import Metrics
 
 __all__ = ["MeteredStore"]
+
+T = TypeVar("T")
 
 
 class MeteredStore:
@@ -32,17 +35,23 @@ class MeteredStore:
     async def size(self, location: str) -> int:
         return await self.inner.size(location)
 
-    async def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
+    def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
         """The inner read, counted. Closing this iterator closes the inner one."""
+        return self._metered(self.inner.read(location, byte_range), len)
+
+    def read_into(self, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
+        """The inner store's :func:`backends.base.read_into`, counted."""
+        return self._metered(read_into(self.inner, location, byte_range, into), int)
+
+    async def _metered(self, pieces: AsyncIterator[T], size: Callable[[T], int]) -> AsyncIterator[T]:
         start = time.perf_counter()
         first, done = True, False
-        pieces = self.inner.read(location, byte_range)
         try:
             async for piece in pieces:
                 if first:
                     self._first.observe(time.perf_counter() - start)
                     first = False
-                self._bytes.inc(len(piece))
+                self._bytes.inc(size(piece))
                 yield piece
             done = True
         except GeneratorExit:  # a fill closes the read once it has its chunk's bytes
