@@ -29,7 +29,9 @@ __all__ = [
     "local_file",
     "read_chunks",
     "read_into",
-    "copy_into",
+    "open_reader",
+    "CopyReader",
+    "RangeReader",
     "PIECE_SIZE",
 ]
 
@@ -192,34 +194,75 @@ def read_chunks(backend: ReadBackend) -> int:
     return value if isinstance(value, int) and value > 0 else 1
 
 
-def read_into(backend: ReadBackend, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
-    """Read ``byte_range`` of ``location`` into ``into`` (writable, ``byte_range.length``
-    long), front to back; yield how many more bytes landed each time (at most ``PIECE_SIZE``).
 
-    A store with its own ``read_into`` (the s3 and swift stores, over the lean HTTP client)
-    has the kernel put the bytes there: a cold fill's bytes then cross memory once, not three
-    times (receive buffer, ``bytes`` piece, fill buffer). Any other is read with ``read`` and
-    copied. Raises as ``read`` does; the caller closes the iterator if it stops early.
+class RangeReader(Protocol):
+    """One store read of a range, taken in turns: each :meth:`into` puts the range's next
+    ``len(view)`` bytes into ``view``. Close it (:meth:`aclose`) however the read ends."""
+
+    def into(self, view: memoryview) -> AsyncIterator[int]:
+        """Put the next ``len(view)`` bytes into ``view`` (writable), front to back; yield how
+        many more landed each time (at most ``PIECE_SIZE``). Raises as ``read`` does, and
+        :class:`BackendUnavailable` if the range ends first."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+async def open_reader(backend: ReadBackend, location: str, byte_range: ByteRange) -> RangeReader:
+    """A :class:`RangeReader` of ``byte_range`` of ``location``.
+
+    A store with its own ``open_reader`` (the s3 and swift stores, over the lean HTTP
+    client) has the kernel put the bytes where :meth:`RangeReader.into` says: a cold fill's
+    bytes then cross memory once, not three times (receive buffer, ``bytes`` piece, fill
+    buffer). Any other store is read with ``read`` and copied (:class:`CopyReader`).
     """
-    direct = getattr(backend, "read_into", None)
-    if direct is not None:
-        return direct(location, byte_range, into)  # type: ignore[no-any-return]
-    return copy_into(backend.read(location, byte_range), into)
+    opener = getattr(backend, "open_reader", None)
+    if opener is not None:
+        return await opener(location, byte_range)  # type: ignore[no-any-return]
+    return CopyReader(backend.read(location, byte_range), location)
 
 
-async def copy_into(pieces: AsyncIterator[bytes], into: memoryview) -> AsyncIterator[int]:
-    """``pieces`` copied into ``into`` front to back, yielding each one's size; bytes past
-    ``into``'s end are not taken (the read stops there). Closes ``pieces``."""
-    pos = 0
-    try:
-        async for piece in pieces:
-            take = min(len(piece), len(into) - pos)
-            if take <= 0:
-                return
-            into[pos:pos + take] = piece[:take] if take < len(piece) else piece
+class CopyReader:
+    """A :class:`RangeReader` over a store's pieces, copied; bytes of a piece past a view's
+    end are kept for the next view."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], location: str) -> None:
+        self._pieces, self._location = pieces, location
+        self._leftover: memoryview | None = None
+
+    async def into(self, view: memoryview) -> AsyncIterator[int]:
+        pos = 0
+        while pos < len(view):
+            piece, self._leftover = self._leftover, None
+            if piece is None:
+                try:
+                    piece = memoryview(await anext(self._pieces))
+                except StopAsyncIteration:
+                    raise BackendUnavailable(f"store read ended {len(view) - pos} bytes short",
+                                             location=self._location) from None
+            take = min(len(piece), len(view) - pos)
+            if take < len(piece):
+                self._leftover = piece[take:]
+            view[pos:pos + take] = piece[:take]
             pos += take
             yield take
-    finally:
-        aclose = getattr(pieces, "aclose", None)
+
+    async def aclose(self) -> None:
+        self._leftover = None
+        aclose = getattr(self._pieces, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def read_into(backend: ReadBackend, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
+    """Read ``byte_range`` of ``location`` into ``into`` (writable, ``byte_range.length``
+    long) through :func:`open_reader`; yield how many more bytes landed each time."""
+    reader = await open_reader(backend, location, byte_range)
+    counts = reader.into(into)
+    try:
+        async for count in counts:
+            yield count
+    finally:
+        await counts.aclose()  # type: ignore[attr-defined]
+        await reader.aclose()

@@ -140,12 +140,14 @@ class FastBody:
             yield piece
 
     async def read_into(self, into: memoryview) -> AsyncIterator[int]:
-        """Put the asked bytes into ``into`` (writable, at least that long), front to back, with
-        no copy of ours; yield the size of each piece of at most ``PIECE_SIZE`` as it lands.
-        Raises as :meth:`pieces` does."""
-        while self._sent < self._want:
-            size = min(PIECE_SIZE, self._want - self._sent)
-            await self._next(self._conn.read_into(into[self._sent:self._sent + size]))
+        """Put the next ``len(into)`` body bytes (fewer if the body ends first) into ``into``,
+        front to back, with no copy of ours; yield the size of each piece of at most
+        ``PIECE_SIZE`` as it lands. Raises as :meth:`pieces` does."""
+        pos, end = 0, min(len(into), self._want - self._sent)
+        while pos < end:
+            size = min(PIECE_SIZE, end - pos)
+            await self._next(self._conn.read_into(into[pos:pos + size]))
+            pos += size
             self._sent += size
             yield size
 

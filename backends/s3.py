@@ -41,8 +41,8 @@ import obstore
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
-from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange, copy_into
-from .fast_read import store_read
+from .base import PIECE_SIZE, BackendError, BackendNotFound, BackendUnavailable, ByteRange, CopyReader, RangeReader
+from .fast_read import StoreReader, store_read
 from .http_fast import FastBody, FastPool, fast_target
 from .s3_options import S3Options
 from .s3_writer import S3Writer
@@ -274,17 +274,13 @@ class S3Backend:
             self._fast = self._fast_pool()
         return True
 
-    async def read_into(self, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
-        """:meth:`read` of ``byte_range`` put into ``into`` (see :func:`backends.base.read_into`):
-        over presigned URLs the kernel puts the bytes there; through obstore they are copied."""
+    async def open_reader(self, location: str, byte_range: ByteRange) -> RangeReader:
+        """A reader of ``byte_range`` (see :func:`backends.base.open_reader`): over presigned
+        URLs the kernel puts the bytes where it is told; through obstore they are copied."""
         if self._fast is None or byte_range.length == 0:
-            async for size in copy_into(self.read(location, byte_range), into):
-                yield size
-            return
+            return CopyReader(self.read(location, byte_range), location)
         body = await self._open_presigned(self.key_for(location), location, byte_range)
-        with store_read(body, f"the s3 store {self.name} failed", location):
-            async for size in body.read_into(into):
-                yield size
+        return StoreReader(body, f"the s3 store {self.name} failed", location)
 
     async def _read_presigned(self, key: str, location: str, byte_range: ByteRange) -> AsyncIterator[bytes]:
         body = await self._open_presigned(key, location, byte_range)

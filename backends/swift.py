@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .base import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, copy_into
-from .fast_read import store_read
+from .base import PIECE_SIZE, BackendError, BackendUnavailable, ByteRange, CopyReader, RangeReader
+from .fast_read import StoreReader, store_read
 from .http_fast import FastBody, FastPool, fast_target
 from .swift_auth import SwiftOptions
 from .swift_client import SwiftClient, SwiftStats, object_path
@@ -171,22 +171,16 @@ class SwiftBackend:
         finally:
             await response.aclose()
 
-    async def read_into(self, location: str, byte_range: ByteRange, into: memoryview) -> AsyncIterator[int]:
-        """:meth:`read` of ``byte_range`` put into ``into`` (see :func:`backends.base.read_into`):
-        over the lean client the kernel puts the bytes there; through httpx they are copied."""
+    async def open_reader(self, location: str, byte_range: ByteRange) -> RangeReader:
+        """A reader of ``byte_range`` (see :func:`backends.base.open_reader`): over the lean
+        client the kernel puts the bytes where it is told; through httpx they are copied."""
         if not byte_range.length:
-            async for size in copy_into(self.read(location, byte_range), into):
-                yield size
-            return
+            return CopyReader(self.read(location, byte_range), location)
         path = self._path(location)
         body = await self._open_fast(path, location, byte_range)
         if body is None:
-            async for size in copy_into(self._read_httpx(path, location, byte_range), into):
-                yield size
-            return
-        with store_read(body, f"{self.store}: Swift failed", location):
-            async for size in body.read_into(into):
-                yield size
+            return CopyReader(self._read_httpx(path, location, byte_range), location)
+        return StoreReader(body, f"{self.store}: Swift failed", location)
 
     async def _open_fast(self, path: str, location: str, byte_range: ByteRange) -> FastBody | None:
         """The body of ``byte_range`` through the lean client, or ``None``: read it through httpx."""

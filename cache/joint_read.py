@@ -24,7 +24,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
-from backends.base import BackendUnavailable, ByteRange, ReadBackend
+from backends.base import ByteRange, RangeReader, ReadBackend, open_reader, read_into
 
 __all__ = ["JointRead"]
 
@@ -47,8 +47,7 @@ class JointRead:
         self._turn = 0  # the section whose view may take the read now
         self._alive = [True] * len(sections)
         self._broken = False
-        self._read: AsyncIterator[bytes] | None = None
-        self._leftover = b""  # bytes past a boundary that came in the last piece before it
+        self._reader: RangeReader | None = None  # the store read, positioned at the turn's section
         self._changed = asyncio.Event()
         self.handovers = 0  # sections served from the read another section started
         self.views = [_View(self, i) for i in range(len(sections))]
@@ -61,7 +60,8 @@ class JointRead:
 
     # -- the sections' reads --------------------------------------------------------------
 
-    async def _section(self, index: int) -> AsyncIterator[bytes]:
+    async def _section(self, index: int, into: memoryview) -> AsyncIterator[int]:
+        """Section ``index``'s bytes put into ``into`` (see :class:`backends.base.RangeReader`)."""
         try:
             while not self._broken and self._turn < index:
                 self._changed.clear()
@@ -70,33 +70,26 @@ class JointRead:
             self.ended(index)  # gone before its turn: the read stops at its boundary
             raise
         if self._broken:  # a section before this one will not get to its end
-            async for piece in _private(self.source, self.location, self.sections[index]):
-                yield piece
+            async for count in read_into(self.source, self.location, self.sections[index], into):
+                yield count
             return
         if index == 0:
-            self._read = self.source.read(self.location, ByteRange(self.sections[0].start, self.sections[-1].end))
+            self._reader = await open_reader(self.source, self.location,
+                                             ByteRange(self.sections[0].start, self.sections[-1].end))
         else:
             self.handovers += 1
-        read = self._read
-        assert read is not None
-        pos, end, done = self.sections[index].start, self.sections[index].end, False
+        reader = self._reader
+        assert reader is not None
+        pos, done = self.sections[index].start, False
+        counts = reader.into(into[:self.sections[index].length])
         try:
-            while not done:
-                if self._leftover:
-                    piece, self._leftover = self._leftover, b""
-                else:
-                    try:
-                        piece = await anext(read)
-                    except StopAsyncIteration:
-                        raise BackendUnavailable(f"store read ended at {pos} of {self.sections[-1].end}",
-                                                 location=self.location) from None
-                if pos + len(piece) > end:
-                    self._leftover, piece = piece[end - pos:], piece[:end - pos]
-                pos, done = self._step(index, pos, len(piece))  # hands over before the last piece goes:
-                yield piece  # the fill closes this view once it has its last byte
+            async for count in counts:
+                pos, done = self._step(index, pos, count)  # hands over before the last piece goes:
+                yield count  # the fill closes this view once it has its last byte
         finally:
             if not done:
                 self._break()
+            await counts.aclose()  # type: ignore[attr-defined]
 
     def _step(self, index: int, pos: int, got: int) -> tuple[int, bool]:
         pos += got
@@ -110,10 +103,9 @@ class JointRead:
 
     def _break(self) -> None:
         self._broken = True
-        read, self._read = self._read, None
-        self._leftover = b""
-        if read is not None:
-            self._spawn(_aclose(read))
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            self._spawn(_aclose(reader))
         self._changed.set()
 
 
@@ -129,29 +121,41 @@ class _View:
         return await self._joint.source.size(location)
 
     def read(self, location: str, byte_range: ByteRange | None = None) -> AsyncIterator[bytes]:
+        """A read of its own (fills read through :meth:`open_reader`)."""
+        self._leave()
+        return self._joint.source.read(location, byte_range)
+
+    async def open_reader(self, location: str, byte_range: ByteRange) -> RangeReader:
         joint = self._joint
-        first, self._used = not self._used, True
+        first = not self._used
         if first and location == joint.location and byte_range == joint.sections[self._index]:
-            return joint._section(self._index)
-        if first:
-            joint.ended(self._index)  # reads elsewhere: the joint read must not wait for it
-        return joint.source.read(location, byte_range)
+            self._used = True
+            return _SectionReader(joint, self._index)
+        self._leave()
+        return await open_reader(joint.source, location, byte_range)
+
+    def _leave(self) -> None:
+        if not self._used:
+            self._used = True
+            self._joint.ended(self._index)  # reads elsewhere: the joint read must not wait for it
 
     async def aclose(self) -> None:
         """The store itself is closed by its owner."""
 
 
-async def _private(source: ReadBackend, location: str, byte_range: ByteRange) -> AsyncIterator[bytes]:
-    read = source.read(location, byte_range)
-    try:
-        async for piece in read:
-            yield piece
-    finally:
-        await _aclose(read)
+class _SectionReader:
+    """A fill's reader of its section of the joint read (one :meth:`into`, of its section)."""
+
+    def __init__(self, joint: JointRead, index: int) -> None:
+        self._joint, self._index = joint, index
+
+    def into(self, view: memoryview) -> AsyncIterator[int]:
+        return self._joint._section(self._index, view)
+
+    async def aclose(self) -> None:
+        """The joint read closes the store read when it ends."""
 
 
-async def _aclose(read: AsyncIterator[bytes]) -> None:
-    aclose = getattr(read, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
+async def _aclose(reader: RangeReader) -> None:
+    with contextlib.suppress(Exception):
+        await reader.aclose()

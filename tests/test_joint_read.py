@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.base import PIECE_SIZE, ByteRange, read_chunks
+from backends.base import PIECE_SIZE, ByteRange, ReadBackend, read_chunks, read_into
 from backends.file import FileBackend
 from cache.joint_read import JointRead
 from tests.nginx_fixtures import NginxStore, nginx_store_factory  # noqa: F401 - fixture
@@ -62,16 +62,19 @@ def joint(store: CountingStore, location: str) -> tuple[JointRead, set[asyncio.T
     return JointRead(store, location, [LEAD, FOLLOW], spawn), spawned
 
 
-async def take(read: AsyncIterator[bytes], limit: int | None = None) -> bytes:
-    got = bytearray()
+async def take(view: ReadBackend, location: str, byte_range: ByteRange, limit: int | None = None) -> bytes:
+    """What a fill does with its source: the range put into its buffer (stopping once ``limit`` bytes are in)."""
+    buffer = bytearray(byte_range.length)
+    got = 0
+    counts = read_into(view, location, byte_range, memoryview(buffer))
     try:
-        async for piece in read:
-            got += piece
-            if limit is not None and len(got) >= limit:
+        async for count in counts:
+            got += count
+            if limit is not None and got >= limit:
                 break
     finally:
-        await read.aclose()  # type: ignore[attr-defined]
-    return bytes(got)
+        await counts.aclose()  # type: ignore[attr-defined]
+    return bytes(buffer[:got])
 
 
 async def settle(spawned: set[asyncio.Task[None]]) -> None:
@@ -83,7 +86,7 @@ async def settle(spawned: set[asyncio.Task[None]]) -> None:
 async def test_lead_then_follower_read_their_bytes_through_one_store_read(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    lead, follow = await asyncio.gather(take(j.views[0].read(location, LEAD)), take(j.views[1].read(location, FOLLOW)))
+    lead, follow = await asyncio.gather(take(j.views[0], location, LEAD), take(j.views[1], location, FOLLOW))
     assert lead == data[:LEAD.end] and follow == data[FOLLOW.start:]
     assert backend.opened == [ByteRange(LEAD.start, FOLLOW.end)] and backend.closed == 1
     assert j.handovers == 1
@@ -92,10 +95,10 @@ async def test_lead_then_follower_read_their_bytes_through_one_store_read(store:
 async def test_a_follower_that_asks_first_waits_for_the_boundary(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
+    follower = asyncio.ensure_future(take(j.views[1], location, FOLLOW))
     await asyncio.sleep(0.05)
     assert not follower.done() and backend.opened == []  # nothing read while the lead has not started
-    assert await take(j.views[0].read(location, LEAD)) == data[:LEAD.end]
+    assert await take(j.views[0], location, LEAD) == data[:LEAD.end]
     assert await follower == data[FOLLOW.start:]
     assert len(backend.opened) == 1
 
@@ -103,7 +106,7 @@ async def test_a_follower_that_asks_first_waits_for_the_boundary(store: tuple[Co
 async def test_a_lead_that_never_reads_lets_the_follower_read_alone(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
+    follower = asyncio.ensure_future(take(j.views[1], location, FOLLOW))
     await asyncio.sleep(0.01)
     j.ended(0)  # e.g. its chunk turned up on disk
     assert await follower == data[FOLLOW.start:]
@@ -114,8 +117,8 @@ async def test_a_lead_stopped_before_the_boundary_sends_the_follower_to_its_own_
         store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, spawned = joint(backend, location)
-    follower = asyncio.ensure_future(take(j.views[1].read(location, FOLLOW)))
-    assert await take(j.views[0].read(location, LEAD), limit=1) == data[:PIECE_SIZE]  # then it gives up
+    follower = asyncio.ensure_future(take(j.views[1], location, FOLLOW))
+    assert await take(j.views[0], location, LEAD, limit=1) == data[:PIECE_SIZE]  # then it gives up
     assert await follower == data[FOLLOW.start:]
     await settle(spawned)
     assert backend.opened == [ByteRange(LEAD.start, FOLLOW.end), FOLLOW]
@@ -126,7 +129,7 @@ async def test_a_follower_gone_before_the_boundary_has_the_rest_closed(store: tu
     backend, location, data = store
     j, spawned = joint(backend, location)
     j.ended(1)
-    assert await take(j.views[0].read(location, LEAD)) == data[:LEAD.end]
+    assert await take(j.views[0], location, LEAD) == data[:LEAD.end]
     await settle(spawned)
     assert backend.closed == 1 and j.handovers == 0
 
@@ -134,11 +137,11 @@ async def test_a_follower_gone_before_the_boundary_has_the_rest_closed(store: tu
 async def test_a_retry_from_the_middle_reads_privately(store: tuple[CountingStore, str, bytes]) -> None:
     backend, location, data = store
     j, _ = joint(backend, location)
-    lead = await take(j.views[0].read(location, LEAD))
+    lead = await take(j.views[0], location, LEAD)
     middle = ByteRange(FOLLOW.start + 100, FOLLOW.end)  # a follower that already had 100 bytes
-    assert await take(j.views[1].read(location, middle)) == data[middle.start:]
+    assert await take(j.views[1], location, middle) == data[middle.start:]
     assert lead == data[:LEAD.end] and backend.opened[-1] == middle
-    again = await take(j.views[0].read(location, LEAD))  # a second read of the lead's range: its own
+    again = await take(j.views[0], location, LEAD)  # a second read of the lead's range: its own
     assert again == data[:LEAD.end] and backend.opened[-1] == LEAD
 
 
@@ -148,7 +151,7 @@ async def test_small_sections_are_cut_out_of_one_store_piece_and_handed_down_a_r
     sections = [ByteRange(i * 1000, (i + 1) * 1000) for i in range(4)]  # four sections in one 1 MiB piece
     spawned: set[asyncio.Task[None]] = set()
     j = JointRead(backend, location, sections, lambda coro: spawned.add(asyncio.ensure_future(coro)))
-    got = await asyncio.gather(*(take(j.views[i].read(location, r)) for i, r in reversed(list(enumerate(sections)))))
+    got = await asyncio.gather(*(take(j.views[i], location, r) for i, r in reversed(list(enumerate(sections)))))
     assert got == [data[r.start:r.end] for r in reversed(sections)]
     assert backend.opened == [ByteRange(0, 4000)] and j.handovers == 3
 
@@ -159,9 +162,9 @@ async def test_a_gone_middle_section_sends_the_later_ones_to_their_own_reads(
     sections = [ByteRange(0, 5000), ByteRange(5000, 9000), ByteRange(9000, 12000)]
     spawned: set[asyncio.Task[None]] = set()
     j = JointRead(backend, location, sections, lambda coro: spawned.add(asyncio.ensure_future(coro)))
-    last = asyncio.ensure_future(take(j.views[2].read(location, sections[2])))
+    last = asyncio.ensure_future(take(j.views[2], location, sections[2]))
     j.ended(1)  # its chunk was found on disk: it will never take the read
-    assert await take(j.views[0].read(location, sections[0])) == data[:5000]
+    assert await take(j.views[0], location, sections[0]) == data[:5000]
     assert await last == data[9000:12000]
     await settle(spawned)
     assert backend.opened == [ByteRange(0, 12000), sections[2]] and backend.closed == 2
