@@ -289,7 +289,8 @@ class S3Backend:
                 yield piece
 
     async def _open_presigned(self, key: str, location: str, byte_range: ByteRange) -> FastBody:
-        """The body of a ranged GET of a presigned URL; the caller holds it in :func:`store_read`."""
+        """The body of a ranged GET of a presigned URL; the caller holds it in :func:`store_read` or a
+        :class:`StoreReader`, which close it."""
         assert self._fast is not None
         try:
             url = await obstore.sign_async(self._store, "GET", key, _PRESIGN_FOR)

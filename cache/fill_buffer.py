@@ -147,14 +147,11 @@ class Fill:
         return self._view[:self.filled].toreadonly()
 
     def append(self, data: bytes | memoryview) -> None:
-        end = self.filled + len(data)
-        if end > self.length:
-            raise ValueError(f"fill of {self.spec.key}: {end} bytes for a chunk of {self.length}")
-        assert self._view is not None, "fill buffer already released"
-        self._view[self.filled:end] = data
-        self._hash.update(data)
-        self.filled = end
-        self._notify()
+        """Copy ``data`` in after the bytes in so far."""
+        if self.filled + len(data) > self.length:
+            raise ValueError(f"fill of {self.spec.key}: {self.filled + len(data)} bytes for a chunk of {self.length}")
+        self.rest()[:len(data)] = data
+        self.advance(len(data))
 
     def rest(self) -> memoryview:
         """The buffer past the bytes in so far, for a store to put the next bytes in; then
