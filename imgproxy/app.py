@@ -27,6 +27,7 @@ from .ops.access import AccessMiddleware, AccessRecorder
 from .ops.access import strip_minor_version as _strip_minor_version
 from .ops.routes import PUBLIC_PATHS, ops_routes
 from .protocol import QUICK
+from .zerocopy import open_sendfile_threads
 from .service import Service, open_service
 from .settings import Settings
 from .shortcut import SHOW_ROUTE, ShowShortcut, shown_id
@@ -160,8 +161,9 @@ def create_app(settings: Settings) -> Starlette:
         service = await open_service(settings)
         app.state.service = service
         try:
-            # The protocol answers image shows it can with this (imgproxy.protocol's QUICK).
-            yield {QUICK: ShowShortcut(service, recorder)}
+            async with open_sendfile_threads(settings.sendfile_threads) as sendfile:
+                # The protocol answers image shows it can with this (imgproxy.protocol's QUICK).
+                yield {QUICK: ShowShortcut(service, recorder), **sendfile}
         finally:
             await service.aclose()
 

@@ -41,7 +41,7 @@ from uvicorn.server import ServerState
 
 from .body_into import BODY_INTO, BodyInto
 from .errors import error_response
-from .zerocopy import ZEROCOPY, ZeroCopySend
+from .zerocopy import SENDFILE, ZEROCOPY, ZeroCopySend
 
 __all__ = ["BoundedHttpToolsProtocol", "PROTOCOL", "QUICK", "QuickAnswer", "Respond"]
 
@@ -119,6 +119,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._senders: set[ZeroCopySend] = set()  # of cycles whose response is not over
         self._quick: QuickAnswer | None = app_state.get(QUICK)
+        self._sendfile_threads = app_state.get(SENDFILE)
         self._answered = False  # the request being parsed was answered quickly
         self._body_into: BodyInto | None = None  # the latest request's, once its app opened it
 
@@ -192,7 +193,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle is not before:
             # The app's task has not run yet: it will be handed this send.
             sender = ZeroCopySend(self.cycle, self.loop, self._senders.discard,
-                                  lambda: len(self.server_state.tasks))
+                                  lambda: len(self.server_state.tasks), self._sendfile_threads)
             self._senders.add(sender)
             self.cycle.send = sender  # type: ignore[method-assign]
             self.scope["extensions"][BODY_INTO] = {"open": partial(self._open_body_into, self.cycle)}

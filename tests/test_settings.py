@@ -86,6 +86,8 @@ def test_settings_are_frozen() -> None:
         ("fill_read_chunks", "-1"),
         ("fill_read_chunks", "65"),
         ("max_fills", "0"),
+        ("sendfile_threads", "-1"),
+        ("sendfile_threads", "65"),
         ("max_fills", "5000"),
         ("fill_memory", "1024"),
         ("upstream_timeout", "soon"),

@@ -141,8 +141,12 @@ def test_a_corrupt_cached_chunk_is_never_sent_even_after_it_was_verified(
     api.close()
 
 
-def test_many_concurrent_streams_all_get_the_right_bytes(in_place: tuple[ServerProcess, CacheClient]) -> None:
-    server, api = in_place
+@pytest.mark.parametrize("threads", [4, 0], ids=["sendfile-threads", "event-loop"])
+def test_many_concurrent_streams_all_get_the_right_bytes(server_factory: Callable[..., ServerProcess],
+                                                         threads: int) -> None:
+    # 40 streams: far more than FEW, so (with threads) every sendfile runs on a thread.
+    server = server_factory(config=in_place_config(sendfile_threads=threads))
+    api = CacheClient(server)
     data = payload(16 * CHUNK + 5, seed=25)
     image_id = api.new_image(data)
     want = hashlib.sha256(data).hexdigest()
@@ -160,6 +164,7 @@ def test_many_concurrent_streams_all_get_the_right_bytes(in_place: tuple[ServerP
         results = list(pool.map(fetch, range(40)))
     assert results == ["ok"] * 40
     assert hashlib.sha256(api.download(image_id)).hexdigest() == want
+    api.close()
 
 
 def _open_fds(pid: int) -> int:
@@ -185,19 +190,27 @@ def _raw_get(server: ServerProcess, image_id: str, rcvbuf: int = 0) -> tuple[soc
     return sock, sock.recv(4096)
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["lone", "many-in-flight"])
 def test_a_client_that_goes_away_mid_sendfile_leaves_nothing_open(
-        in_place: tuple[ServerProcess, CacheClient]) -> None:
+        in_place: tuple[ServerProcess, CacheClient], busy: bool) -> None:
     server, api = in_place
     image_id, data = _big_image(api, seed=26)
     assert server.proc is not None
     pid = server.proc.pid  # one worker: uvicorn serves in this process
     idle = wait_for(lambda: _open_fds(pid), timeout=5)
-    for _ in range(3):
-        sock, head = _raw_get(server, image_id, rcvbuf=4096)
-        assert head.startswith(b"HTTP/1.1 200")
-        # Leave with a reset while the server is blocked on a full socket.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+    # With more than FEW requests in flight, sends run on the sendfile threads.
+    stalled = [_raw_get(server, image_id)[0] for _ in range(FEW if busy else 0)]
+    try:
+        for _ in range(3):
+            sock, head = _raw_get(server, image_id, rcvbuf=4096)
+            assert head.startswith(b"HTTP/1.1 200")
+            # Leave with a reset while the server is blocked on a full socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    finally:
+        for other in stalled:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            other.close()
     # Every descriptor the abandoned sends held (chunk files, watched sockets) is closed.
     assert wait_for(lambda: _open_fds(pid) <= idle, timeout=10)
     assert api.download(image_id) == data

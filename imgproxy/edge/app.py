@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,6 +25,7 @@ from ..ops.access import AccessMiddleware
 from ..ops.access import strip_minor_version as _strip_minor_version
 from ..ops.routes import ops_routes
 from ..settings import Settings
+from ..zerocopy import open_sendfile_threads
 from . import cache_routes, data
 from .service import EdgeService, open_edge_service
 
@@ -68,11 +70,12 @@ def create_edge_app(settings: Settings) -> Starlette:
     """Build the edge's app. Nothing is opened until the lifespan starts."""
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         service = await open_edge_service(settings)
         app.state.service = service
         try:
-            yield
+            async with open_sendfile_threads(settings.sendfile_threads) as sendfile:
+                yield sendfile
         finally:
             await service.aclose()
 

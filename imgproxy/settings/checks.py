@@ -16,6 +16,8 @@ def check(s: Settings) -> None:
         raise SettingsError("port", f"must be 1..65535, got {s.port}")
     if s.workers < 1:
         raise SettingsError("workers", f"must be at least 1, got {s.workers}")
+    if not 0 <= s.sendfile_threads <= 64:
+        raise SettingsError("sendfile_threads", f"must be in 0 .. 64, got {s.sendfile_threads}")
     if s.auth not in AUTH_MODES:
         raise SettingsError("auth", f"must be one of {', '.join(AUTH_MODES)}, got {s.auth!r}")
     if s.image_size_cap < 1:

@@ -38,6 +38,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9292
     workers: int = 1
+    # Threads per worker that run sendfile for cached data while more than a few responses
+    # stream at once (0: the event loop sends everything itself).
+    sendfile_threads: int = 4
     auth: str = "tokens"
     # URL of the one store that keeps image data (shorthand for one [stores.NAME] table, its
     # id the URL's scheme); "" means file://<data_dir>/images.
