@@ -102,13 +102,19 @@ def run(ctx: RunContext) -> ScenarioResult:
     for size in p.upload_sizes:
         image = make_image(ctx.work / "upload-files", f"upload-{size}.img", size)
         try:
-            # Systems take turns within each repeat, so a slow minute of a shared machine (or the
-            # disk still busy with the last system's files) does not fall on one system's repeats.
+            # Systems take turns within each repeat, so a slow minute of a shared machine does not
+            # fall on one system's repeats; and each repeat starts one system later, so no system
+            # always follows the same one: an upload right after another system's upload and
+            # delete may find the disk still busy with those files (1 GiB, imgproxy with 2 workers
+            # then 1 in 4 pairs: the second 4-14% slower each time; 1 then 2: slower once in 4).
             samples: dict[str, list[dict[str, Any]]] = {name: [] for name in steps}
-            for _ in range(p.repeats):
-                for name, step in steps.items():
+            names = list(steps)
+            for repeat in range(p.repeats):
+                first = repeat % len(names)
+                for name in names[first:] + names[:first]:
                     if name not in samples:
                         continue
+                    step = steps[name]
                     ctx.progress.step(f"{name} {size >> 20} MiB")
                     try:
                         samples[name].append(step(image))
