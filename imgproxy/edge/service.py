@@ -95,7 +95,7 @@ class EdgeService:
             return manifest
         if manifest is not None:
             log.warning("image %s changed upstream (size or digests); its cached data is dropped", image_id)
-            await asyncio.to_thread(self.cache.forget_image, image_id)
+            await self.cache.forget_image_async(image_id)
         manifest = Manifest.unknown(size, self.settings.chunk_size, checksum=md5, os_hash_value=sha)
         await asyncio.to_thread(self.cache.put_manifest, image_id, manifest)
         return manifest

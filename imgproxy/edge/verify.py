@@ -134,7 +134,7 @@ class Verifier:
         """Forget the image's manifest and chunks once the fills in flight have stored theirs
         (they would otherwise land after it and stay)."""
         await self.cache.wait_idle()
-        await asyncio.to_thread(self.cache.forget_image, image_id)
+        await self.cache.forget_image_async(image_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
