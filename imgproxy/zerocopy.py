@@ -156,6 +156,8 @@ class SendfileThreads:
                     await asyncio.wait([call])
                 except asyncio.CancelledError:
                     pass
+            if not call.cancelled():
+                call.exception()  # retrieved: the cancellation is what the caller is told
             raise
 
     def close(self) -> None:
