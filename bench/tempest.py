@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-
 from .servers.keystone import KeystoneServer
 from .servers.venvs import bench_venv, install_venv, venv_installed
 from .systems.glance import GlanceSystem, glance_venv

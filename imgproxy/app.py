@@ -27,10 +27,10 @@ from .ops.access import AccessMiddleware, AccessRecorder
 from .ops.access import strip_minor_version as _strip_minor_version
 from .ops.routes import PUBLIC_PATHS, ops_routes
 from .protocol import QUICK
-from .zerocopy import open_sendfile_threads
 from .service import Service, open_service
 from .settings import Settings
 from .shortcut import SHOW_ROUTE, ShowShortcut, shown_id
+from .zerocopy import open_sendfile_threads
 
 __all__ = ["create_app"]
 
