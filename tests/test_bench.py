@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.clients import Fetch, run_downloads
@@ -21,6 +22,7 @@ from bench.systems.imgproxy import ImgproxySystem
 from bench.systems.nginx_systems import NginxCache, NginxDirect, Upstream
 from bench.systems.procs import is_running, tree_pids
 from tests.requirements import require_glance_venv
+from tests.swift_fixtures import start_swift
 
 KiB = 1024
 
@@ -226,6 +228,24 @@ def test_stores_reads_each_real_store_through_imgproxy_and_directly(tmp_path: Pa
         assert row["direct_s"] > 0 and row["imgproxy_s"] > 0 and row["server_cpu_s_per_GB"] > 0
         assert 0 < row["cpu_floor_s"] <= row["imgproxy_s"] * 1.2, row  # a floor, not above the time it bounds
         assert 0 <= row["store_busiest_s"] <= row["cpu_floor_s"], row  # one store process's share of it
+
+
+def test_a_swift_with_workers_serves_and_stops_with_every_worker(tmp_path: Path) -> None:
+    """The stores scenario runs Swift's proxy and object server with a worker per core: stopping
+    Swift leaves none behind."""
+    pids: list[int] = []
+    swift = start_swift(tmp_path / "swift", workers=2)
+    try:
+        pids = swift.all_pids()
+        for name in ("proxy", "object"):
+            assert len(tree_pids(swift.procs[name].pid)) == 3, name  # the server and its two workers
+        for _ in range(4):  # requests land on either worker
+            head = httpx.head(swift.storage_url, headers={"X-Auth-Token": swift.token()}, timeout=10)
+            assert head.status_code in (200, 204)
+    finally:
+        swift.stop()
+    assert len(pids) == 8  # four servers, two workers each for the proxy and the object server
+    assert [pid for pid in pids if is_running(pid)] == []
 
 
 def test_edge_sends_each_central_byte_once_whatever_the_nodes(tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ competes with imgproxy for CPU, and each ranged GET costs it a request.
 ``cpu_floor_s`` is the least time the machine's cores could do imgproxy's read in, given
 the CPU the store and imgproxy spent on it (the curl's own CPU not even counted), and at least
 ``store_busiest_s``, the CPU of the store's busiest process during that read (one process runs
-on one core: Swift's proxy, with ``workers = 0``, is one): where it exceeds ``direct_s``, no
-overlap of parallel reads can bring ``vs_direct`` to 1.0 here.
+on one core): where it exceeds ``direct_s``, no overlap of parallel reads can bring ``vs_direct``
+to 1.0 here. Swift's proxy and object server run a worker per core each, as production Swift's
+``workers = auto`` does: with one process each, every ranged read of a parallel fill queued
+behind one core while the direct read, one request, lost nothing.
 """
 
 from __future__ import annotations
@@ -182,10 +184,10 @@ def run(ctx: RunContext) -> ScenarioResult:
             result.not_run("swift", "the Swift venv is missing: python -m bench setup-swift")
             return result
         ctx.progress.step("swift all-in-one")
-        swift = SwiftServer(work / "swift", memcached=True).start()
+        swift = SwiftServer(work / "swift", memcached=True, workers=os.cpu_count() or 1).start()
         try:
             token = swift.token()
-            swift_pids = [proc.pid for proc in swift.procs.values()]
+            swift_pids = swift.all_pids()
             for container in ("images", "imgproxy"):
                 httpx.put(f"{swift.storage_url}/{container}", headers={"X-Auth-Token": token}, timeout=30).raise_for_status()
             opts = {"auth_url": swift.auth_url, "user": swift.user, "key": swift.key}

@@ -9,7 +9,8 @@ daemons (../shared/anchors/upstreams.md has the facts this follows):
 * every conf sets ``swift_dir`` to our own etc dir, and ``SWIFT_CONF_FILE`` (read by Swift
   at import) points at our ``swift.conf``;
 * one device in a plain directory, ``mount_check = false``, ``workers = 0`` (each server is
-  one process, so stopping it by PID stops it all), 1-replica rings built with one Python
+  one process) but for the proxy and object servers when ``workers`` is set (their workers
+  are their children, stopped with them), 1-replica rings built with one Python
   call to ``RingBuilder`` (nine ``swift-ring-builder`` calls take ~7 s);
 * ports below 32768, outside the kernel's ephemeral range, so an outgoing connection of one
   server never takes the port another is about to bind;
@@ -92,7 +93,7 @@ _DEFAULT = """\
 bind_ip = 127.0.0.1
 bind_port = {port}
 bind_timeout = 5
-workers = 0
+workers = {workers}
 user = {user}
 swift_dir = {etc}
 devices = {devices}
@@ -185,8 +186,10 @@ class SwiftServer:
     """A Swift all-in-one under ``root``: proxy + account + container + object servers.
 
     ``start()`` writes the confs and rings, starts the four servers and returns once an
-    authenticated request through the proxy succeeds; ``stop()`` stops them by PID (each
-    is one process: ``workers = 0``). ``token_life`` (seconds) bounds tempauth tokens.
+    authenticated request through the proxy succeeds; ``stop()`` stops them by PID, with
+    their children. ``token_life`` (seconds) bounds tempauth tokens. ``workers``: the proxy's and
+    the object server's; 0 (the tests' default), each is one process; production Swift runs
+    one per core (``workers = auto``), so parallel requests do not queue behind one core.
     Not thread-safe: one owner starts and stops it.
     """
 
@@ -195,7 +198,7 @@ class SwiftServer:
     region = "us-east-1"
 
     def __init__(self, root: Path, *, venv: Path | None = None, token_life: int = 86400,
-                 log_level: str = "INFO", memcached: bool = False) -> None:
+                 log_level: str = "INFO", memcached: bool = False, workers: int = 0) -> None:
         self.root = Path(root).resolve()
         self.venv = venv or swift_venv()
         self.token_life = token_life
@@ -203,6 +206,7 @@ class SwiftServer:
         # A memcached beside the proxy, as every production Swift has: without one, each GET
         # also asks the account and container servers (a ranged read pays that per range).
         self.memcached = memcached
+        self.workers = workers
         self.etc = self.root / "etc"
         self.devices = self.root / "devices"
         self.logs = self.root / "logs"
@@ -250,11 +254,11 @@ class SwiftServer:
             taken.add(self.ports[name])
         common = {"user": getpass.getuser(), "etc": self.etc, "devices": self.devices, "log_level": self.log_level}
         for name in ("account", "container", "object"):
-            text = _DEFAULT.format(port=self.ports[name], name=name, **common) + _BACKEND_APP.format(name=name)
+            text = _DEFAULT.format(port=self.ports[name], name=name, workers=self.workers if name == "object" else 0, **common) + _BACKEND_APP.format(name=name)
             (self.etc / f"{name}-server.conf").write_text(text)
         fernet_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
         (self.etc / "proxy-server.conf").write_text(
-            _DEFAULT.format(port=self.ports["proxy"], name="proxy", **common)
+            _DEFAULT.format(port=self.ports["proxy"], name="proxy", workers=self.workers, **common)
             + _PROXY_APP.format(key=self.key, token_life=self.token_life, fernet_key=fernet_key, region=self.region,
                                plain_filters=_plain_filters(),
                                memcache_servers=f"memcache_servers = 127.0.0.1:{self.ports['memcached']}"
@@ -314,7 +318,7 @@ class SwiftServer:
                 token = self.token()
                 # HEAD of the account goes through the proxy to the account server.
                 head = httpx.head(self.storage_url, headers={"X-Auth-Token": token}, timeout=5)
-                if head.status_code in (200, 204):
+                if head.status_code in (200, 204) and all(len(self.pids_of(self.procs[name])) > self.workers for name in ("proxy", "object")):
                     return
                 last = f"HEAD account: {head.status_code}"
             except (OSError, httpx.HTTPError) as exc:
@@ -329,16 +333,33 @@ class SwiftServer:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM each server by PID (SIGKILL if it lingers); wait until none runs, zombies included."""
-        from bench.systems.procs import stop_tree
+        """SIGTERM each server by PID (SIGKILL if it lingers); wait until none runs, its workers
+        included (SIGKILL for one that outlives its parent), zombies included."""
+        from bench.systems.procs import stop_tree, wait_gone
 
         procs, self.procs = self.procs, {}
+        workers = [pid for proc in procs.values() for pid in self.pids_of(proc)[1:]]
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in procs.items():
             stop_tree(proc, timeout=10)
             (self.root / "run" / f"{name}.pid").unlink(missing_ok=True)
+        for pid in workers:
+            if not wait_gone(pid, 10):
+                os.kill(pid, signal.SIGKILL)
+                wait_gone(pid, 10)
+
+    @staticmethod
+    def pids_of(proc: "subprocess.Popen[bytes]") -> list[int]:
+        """``proc``'s PID and its workers' (none once it has exited)."""
+        from bench.systems.procs import tree_pids
+
+        return tree_pids(proc.pid) if proc.poll() is None else []
+
+    def all_pids(self) -> list[int]:
+        """Every process of the store now: each server and its workers."""
+        return [pid for proc in self.procs.values() for pid in self.pids_of(proc)]
 
     def __enter__(self) -> "SwiftServer":
         return self if self.procs else self.start()
