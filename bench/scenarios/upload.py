@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -104,9 +105,11 @@ def run(ctx: RunContext) -> ScenarioResult:
         try:
             # Systems take turns within each repeat, so a slow minute of a shared machine does not
             # fall on one system's repeats; and each repeat starts one system later, so no system
-            # always follows the same one: an upload right after another system's upload and
-            # delete may find the disk still busy with those files (1 GiB, imgproxy with 2 workers
-            # then 1 in 4 pairs: the second 4-14% slower each time; 1 then 2: slower once in 4).
+            # always follows the same one. Each upload starts on a settled disk (os.sync, not
+            # timed): right after another system's upload and delete, the disk may still be busy
+            # writing those files back (1 GiB, imgproxy with 2 workers then 1 in 4 pairs: the
+            # second 4-14% slower each time; 1 then 2: slower once in 4), and with 3 repeats of 4
+            # systems the turns alone still put one system behind the same one twice.
             samples: dict[str, list[dict[str, Any]]] = {name: [] for name in steps}
             names = list(steps)
             for repeat in range(p.repeats):
@@ -116,6 +119,7 @@ def run(ctx: RunContext) -> ScenarioResult:
                         continue
                     step = steps[name]
                     ctx.progress.step(f"{name} {size >> 20} MiB")
+                    os.sync()
                     try:
                         samples[name].append(step(image))
                     except NotSupported as exc:
