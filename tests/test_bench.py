@@ -15,6 +15,7 @@ import pytest
 from bench.clients import Fetch, run_downloads
 from bench.images import make_image
 from bench.progress import Progress
+from bench.scenarios.upload import _turns
 from bench.servers.link import SharedLink
 from bench.systems.base import System, free_port
 from bench.systems.glance import GlanceSystem
@@ -187,6 +188,19 @@ def test_upload_takes_turns_with_the_digest_floor_and_checks_both_digests(tmp_pa
         assert row["MBps"] > 0 and row["server_cpu_s"] > 0, row
         assert row["vs_glance"] is None, row  # no Glance in this run: no ratio made up
     assert any("floor" in note for note in results["upload"].notes)
+
+
+def test_upload_turns_put_each_system_before_and_after_each_other_alike() -> None:
+    names = ["imgproxy-1w", "imgproxy-2w", "glance", "floor"]
+    follows: dict[tuple[str, str], int] = {}
+    for repeat in range(2 * len(names)):
+        order = _turns(names, repeat)
+        assert sorted(order) == sorted(names), order  # everyone uploads once a repeat
+        for before, after in zip(order, order[1:]):
+            follows[before, after] = follows.get((before, after), 0) + 1
+    for (before, after), times in follows.items():  # 2w right after 1w as often as 1w right after 2w
+        assert follows.get((after, before)) == times, (before, after, follows)
+    assert {_turns(names, r)[0] for r in range(0, 2 * len(names), 2)} == set(names)  # each goes first
 
 
 def test_cold_storm_and_herd_read_each_upstream_byte_once_through_imgproxy_and_nginx_slice(tmp_path: Path) -> None:

@@ -104,17 +104,14 @@ def run(ctx: RunContext) -> ScenarioResult:
         image = make_image(ctx.work / "upload-files", f"upload-{size}.img", size)
         try:
             # Systems take turns within each repeat, so a slow minute of a shared machine does not
-            # fall on one system's repeats; and each repeat starts one system later, so no system
-            # always follows the same one. Each upload starts on a settled disk (os.sync, not
-            # timed): right after another system's upload and delete, the disk may still be busy
-            # writing those files back (1 GiB, imgproxy with 2 workers then 1 in 4 pairs: the
-            # second 4-14% slower each time; 1 then 2: slower once in 4), and with 3 repeats of 4
-            # systems the turns alone still put one system behind the same one twice.
+            # fall on one system's repeats, in orders that put each system before and after each
+            # other alike (_turns): an upload right after another system's upload and delete may
+            # find the disk still busy with those files (1 GiB, imgproxy with 2 workers then 1 in 4
+            # pairs: the second 4-14% slower each time; 1 then 2: slower once in 4). Each upload
+            # also starts on a settled disk (os.sync, not timed).
             samples: dict[str, list[dict[str, Any]]] = {name: [] for name in steps}
-            names = list(steps)
             for repeat in range(p.repeats):
-                first = repeat % len(names)
-                for name in names[first:] + names[:first]:
+                for name in _turns(list(steps), repeat):
                     if name not in samples:
                         continue
                     step = steps[name]
@@ -140,6 +137,14 @@ def run(ctx: RunContext) -> ScenarioResult:
                             "and sha512 on two threads, storing nothing (bench/systems/digest_sink.py): what no "
                             "upload can beat on this machine. vs_glance: MB/s over Glance's in the same run.")
     return result
+
+
+def _turns(names: list[str], repeat: int) -> list[str]:
+    """The order of ``repeat``: a rotation of ``names`` (one step per pair of repeats), reversed
+    in odd repeats, so whoever follows a system in one repeat precedes it in the next."""
+    shift = (repeat // 2) % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if repeat % 2 else order
 
 
 def _steps(ctx: RunContext, result: ScenarioResult) -> dict[str, Callable[[Any], dict[str, Any]]]:
