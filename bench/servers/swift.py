@@ -254,7 +254,8 @@ class SwiftServer:
             taken.add(self.ports[name])
         common = {"user": getpass.getuser(), "etc": self.etc, "devices": self.devices, "log_level": self.log_level}
         for name in ("account", "container", "object"):
-            text = _DEFAULT.format(port=self.ports[name], name=name, workers=self.workers if name == "object" else 0, **common) + _BACKEND_APP.format(name=name)
+            workers = self.workers if name == "object" else 0
+            text = _DEFAULT.format(port=self.ports[name], name=name, workers=workers, **common) + _BACKEND_APP.format(name=name)
             (self.etc / f"{name}-server.conf").write_text(text)
         fernet_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
         (self.etc / "proxy-server.conf").write_text(
@@ -318,7 +319,8 @@ class SwiftServer:
                 token = self.token()
                 # HEAD of the account goes through the proxy to the account server.
                 head = httpx.head(self.storage_url, headers={"X-Auth-Token": token}, timeout=5)
-                if head.status_code in (200, 204) and all(len(self.pids_of(self.procs[name])) > self.workers for name in ("proxy", "object")):
+                forked = all(len(self.pids_of(self.procs[name])) > self.workers for name in ("proxy", "object"))
+                if head.status_code in (200, 204) and forked:
                     return
                 last = f"HEAD account: {head.status_code}"
             except (OSError, httpx.HTTPError) as exc:
@@ -335,20 +337,16 @@ class SwiftServer:
     def stop(self) -> None:
         """SIGTERM each server by PID (SIGKILL if it lingers); wait until none runs, its workers
         included (SIGKILL for one that outlives its parent), zombies included."""
-        from bench.systems.procs import stop_tree, wait_gone
+        from bench.systems.procs import stop_tree
 
         procs, self.procs = self.procs, {}
-        workers = [pid for proc in procs.values() for pid in self.pids_of(proc)[1:]]
+        trees = {name: self.pids_of(proc) for name, proc in procs.items()}
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in procs.items():
-            stop_tree(proc, timeout=10)
+            stop_tree(proc, timeout=10, tree=trees[name])
             (self.root / "run" / f"{name}.pid").unlink(missing_ok=True)
-        for pid in workers:
-            if not wait_gone(pid, 10):
-                os.kill(pid, signal.SIGKILL)
-                wait_gone(pid, 10)
 
     @staticmethod
     def pids_of(proc: "subprocess.Popen[bytes]") -> list[int]:

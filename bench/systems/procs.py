@@ -8,6 +8,7 @@ CPU seconds the tree used while the meter ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,10 +148,11 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return not is_running(pid)
 
 
-def stop_tree(proc: "subprocess.Popen[bytes]", timeout: float = 20.0) -> None:
+def stop_tree(proc: "subprocess.Popen[bytes]", timeout: float = 20.0, tree: list[int] | None = None) -> None:
     """SIGTERM the server ``proc`` (SIGKILL after ``timeout``) and wait until its whole
-    process tree is gone: workers may still be exiting when the master has."""
-    pids = tree_pids(proc.pid) if proc.poll() is None else []
+    process tree is gone: workers may still be exiting when the master has; one still there
+    10 s later gets SIGKILL. ``tree``: the tree as read before the caller signalled ``proc``."""
+    pids = tree if tree is not None else tree_pids(proc.pid) if proc.poll() is None else []
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -160,4 +162,7 @@ def stop_tree(proc: "subprocess.Popen[bytes]", timeout: float = 20.0) -> None:
             proc.wait(10)
     wait_gone(proc.pid, 3)
     for pid in pids:
-        wait_gone(pid, 10)
+        if not wait_gone(pid, 10):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 10)
