@@ -15,7 +15,7 @@ import pytest
 from bench.clients import Fetch, run_downloads
 from bench.images import make_image
 from bench.progress import Progress
-from bench.scenarios.upload import _turns
+from bench.scenarios.upload import _paired, _turns
 from bench.servers.link import SharedLink
 from bench.systems.base import System, free_port
 from bench.systems.glance import GlanceSystem
@@ -187,7 +187,23 @@ def test_upload_takes_turns_with_the_digest_floor_and_checks_both_digests(tmp_pa
         assert row["status"] == "ok" and row["digests_ok"] and row["repeats"] == 2, row
         assert row["MBps"] > 0 and row["server_cpu_s"] > 0, row
         assert row["vs_glance"] is None, row  # no Glance in this run: no ratio made up
+    mine, floor = rows["imgproxy-1w"], rows["floor"]
+    low, high = mine["MBps_min"] / floor["MBps_max"], mine["MBps_max"] / floor["MBps_min"]
+    assert low - 1e-3 <= mine["of_floor"] <= high + 1e-3, rows  # a median of the two repeats' ratios
+    assert "of_floor" not in floor and "vs_1w" not in mine, rows  # no 2-worker run: no ratio made up
     assert any("floor" in note for note in results["upload"].notes)
+
+
+def test_upload_pairs_compare_uploads_of_the_same_repeat() -> None:
+    def taken(*speeds: tuple[float, int]) -> list[dict[str, object]]:
+        return [{"MBps": mbps, "http": code} for mbps, code in speeds]
+
+    # The machine slows down in repeat 2 for both: per-repeat ratios 1.1, 1.1, 0.9 (median 1.1), while the
+    # ratio of the medians is 360/400 = 0.9. A refused upload (413) leaves its repeat out.
+    samples = {"imgproxy-2w": taken((440, 204), (330, 204), (360, 204), (500, 413)),
+               "imgproxy-1w": taken((400, 204), (300, 204), (400, 204), (500, 204))}
+    assert _paired(samples, "imgproxy-2w", "imgproxy-1w") == 1.1
+    assert _paired(samples, "imgproxy-2w", "floor") is None
 
 
 def test_upload_turns_put_each_system_before_and_after_each_other_alike() -> None:

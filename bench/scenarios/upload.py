@@ -5,6 +5,11 @@ both); it is measured in the same run and shown next to each result. The ``floor
 the same curl against :class:`~bench.systems.digest_sink.DigestSink`, a server that only
 receives and digests (nothing stored): the most any upload can reach on this machine, taking
 its turn with the real systems. ``vs_glance`` = MB/s / Glance's MB/s in the same run.
+
+The machine's own speed drifts by more than the differences between imgproxy's worker counts
+(the floor itself spans 15% over three repeats), so two columns compare uploads of the same
+repeat, a minute apart, and give the median of those ratios: ``of_floor`` (MB/s over the
+floor's) and, for imgproxy-2w, ``vs_1w`` (MB/s over imgproxy-1w's).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import functools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -93,7 +99,8 @@ def run(ctx: RunContext) -> ScenarioResult:
     limit = hash_speed(64 << 20)["md5+sha512"]
     result = ScenarioResult(
         NAME, f"Upload with curl; hashing limit md5+sha512 on one core = {limit} MB/s",
-        ["system", "size_MiB", "MBps", "vs_hash_limit", "seconds", "http", "digests_ok", "server_cpu_s", "peak_rss_MiB", "vs_glance", "status"],
+        ["system", "size_MiB", "MBps", "vs_hash_limit", "seconds", "http", "digests_ok", "server_cpu_s", "peak_rss_MiB",
+         "vs_glance", "of_floor", "vs_1w", "status"],
         plot={"x": "size_MiB", "y": "MBps", "series": "system", "ylabel": "upload MB/s"},
     )
     if shutil.which("curl") is None:
@@ -129,6 +136,10 @@ def run(ctx: RunContext) -> ScenarioResult:
             glance = next((r["MBps"] for r in rows if r["system"] == "glance" and r["status"] == "ok"), None)
             for row in rows:
                 row["vs_glance"] = round(row["MBps"] / glance, 2) if glance else None
+                if row["system"] != "floor":
+                    row["of_floor"] = _paired(samples, row["system"], "floor")
+            if "imgproxy-2w" in samples:
+                next(r for r in rows if r["system"] == "imgproxy-2w")["vs_1w"] = _paired(samples, "imgproxy-2w", "imgproxy-1w")
             result.rows.extend(rows)
         finally:
             image.path.unlink(missing_ok=True)
@@ -137,6 +148,14 @@ def run(ctx: RunContext) -> ScenarioResult:
                             "and sha512 on two threads, storing nothing (bench/systems/digest_sink.py): what no "
                             "upload can beat on this machine. vs_glance: MB/s over Glance's in the same run.")
     return result
+
+
+def _paired(samples: dict[str, list[dict[str, Any]]], name: str, base: str) -> float | None:
+    """Median over repeats of ``name``'s MB/s over ``base``'s in the same repeat (both accepted);
+    None without a repeat where both were."""
+    ratios = [mine["MBps"] / theirs["MBps"] for mine, theirs in zip(samples.get(name, ()), samples.get(base, ()))
+              if mine["http"] < 300 and theirs["http"] < 300]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def _turns(names: list[str], repeat: int) -> list[str]:
