@@ -6,8 +6,8 @@ the same curl against :class:`~bench.systems.digest_sink.DigestSink`, a server t
 receives and digests (nothing stored): the most any upload can reach on this machine, taking
 its turn with the real systems. ``vs_glance`` = MB/s / Glance's MB/s in the same run.
 
-The machine's own speed drifts by more than the differences between imgproxy's worker counts
-(the floor itself spans 15% over three repeats), so two columns compare uploads of the same
+The machine's own speed drifts by more than imgproxy's worker counts differ (the floor itself
+ran 414-523 MB/s over three repeats of one run), so two columns compare uploads of the same
 repeat, a minute apart, and give the median of those ratios: ``of_floor`` (MB/s over the
 floor's) and, for imgproxy-2w, ``vs_1w`` (MB/s over imgproxy-1w's).
 """
