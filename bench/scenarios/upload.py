@@ -146,7 +146,9 @@ def run(ctx: RunContext) -> ScenarioResult:
     if "floor" in steps:
         result.notes.append("floor: the same curl against a server that only receives the body and computes md5 "
                             "and sha512 on two threads, storing nothing (bench/systems/digest_sink.py): what no "
-                            "upload can beat on this machine. vs_glance: MB/s over Glance's in the same run.")
+                            "upload can beat on this machine. vs_glance: MB/s over Glance's in the same run. of_floor, "
+                            "vs_1w: the median over repeats of MB/s over the floor's, and over imgproxy-1w's, in the "
+                            "same repeat.")
     return result
 
 
