@@ -351,9 +351,9 @@ class SwiftServer:
     @staticmethod
     def pids_of(proc: "subprocess.Popen[bytes]") -> list[int]:
         """``proc``'s PID and its workers' (none once it has exited)."""
-        from bench.systems.procs import tree_pids
+        from bench.systems.procs import live_tree
 
-        return tree_pids(proc.pid) if proc.poll() is None else []
+        return live_tree(proc)
 
     def all_pids(self) -> list[int]:
         """Every process of the store now: each server and its workers."""

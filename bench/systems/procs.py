@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["TreeMeter", "TreeUsage", "tree_pids", "cpu_seconds", "rss_bytes", "is_running", "stop_tree"]
+__all__ = ["TreeMeter", "TreeUsage", "tree_pids", "live_tree", "cpu_seconds", "rss_bytes", "is_running", "stop_tree"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,6 +47,11 @@ def tree_pids(root: int) -> list[int]:
         out.append(pid)
         todo.extend(kids.get(pid, []))
     return out
+
+
+def live_tree(proc: "subprocess.Popen[bytes]") -> list[int]:
+    """The server ``proc``'s PID and its workers' (none once it has exited)."""
+    return tree_pids(proc.pid) if proc.poll() is None else []
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -152,7 +157,7 @@ def stop_tree(proc: "subprocess.Popen[bytes]", timeout: float = 20.0, tree: list
     """SIGTERM the server ``proc`` (SIGKILL after ``timeout``) and wait until its whole
     process tree is gone: workers may still be exiting when the master has; one still there
     10 s later gets SIGKILL. ``tree``: the tree as read before the caller signalled ``proc``."""
-    pids = tree if tree is not None else tree_pids(proc.pid) if proc.poll() is None else []
+    pids = tree if tree is not None else live_tree(proc)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
