@@ -4,7 +4,10 @@ Up to ``part_size`` bytes are held in memory; a commit before that sends them wi
 Past it, a multipart upload starts (obstore's ``put_async`` over an async iterator) and
 the writer hands it pieces through a short queue: ``write`` waits while the queue is full,
 and obstore keeps at most ``upload_concurrency`` parts in flight, so memory stays near
-``(upload_concurrency + 1) * part_size`` whatever the image size.
+``(upload_concurrency + 1) * part_size`` whatever the image size. S3 takes at most
+``MAX_PARTS`` parts, so an image over ``MAX_PARTS * part_size`` bytes is refused
+(:class:`BackendFull`, 413 to the uploader) before its first byte past that bound, not by
+the server at the part it cannot take.
 
 S3 shows an object only when its upload completes (the PUT ends, or the multipart
 upload is completed), so nothing is visible before :meth:`S3Writer.commit`. Abort ends
@@ -22,7 +25,7 @@ from typing import Any
 
 import obstore
 
-from .base import BackendError
+from .base import BackendError, BackendFull
 
 __all__ = ["S3Writer"]
 
@@ -40,6 +43,8 @@ class S3Writer:
     ``translate`` maps a foreign exception to a :class:`BackendError` (the backend's
     one translation). After :meth:`commit` succeeds, :meth:`abort` is a no-op.
     """
+
+    MAX_PARTS = 10_000  # S3's bound on the parts of one multipart upload
 
     def __init__(self, store: Any, key: str, location: str, *, part_size: int, concurrency: int,
                  translate: Callable[[BaseException], BackendError]) -> None:
@@ -61,6 +66,10 @@ class S3Writer:
             raise BackendError(f"writer is {self._state}", location=self._location)
         if not data:
             return
+        if self.bytes_written + len(data) > self.MAX_PARTS * self._part_size:
+            await self.abort()
+            raise BackendFull(f"the image is larger than S3 takes in {self.MAX_PARTS} parts of "
+                              f"{self._part_size} bytes (the store's part_size)", location=self._location)
         # obstore keeps a reference to ``bytes`` (no copy); anything mutable is copied once.
         piece = data if isinstance(data, bytes) else bytes(data)
         self.bytes_written += len(piece)

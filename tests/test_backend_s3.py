@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import obstore
 import pytest
 
-from backends import BackendError, BackendNotFound, Backends, BackendUnavailable, ByteRange, StoreConfig
+from backends import BackendError, BackendFull, BackendNotFound, Backends, BackendUnavailable, ByteRange, StoreConfig
 from backends.s3 import S3Backend
 from backends.s3_options import MiB, S3Options
+from backends.s3_writer import S3Writer
 from imgproxy.settings import load_settings
 from tests.backend_contract import StoreUnderTest, WriteBackendContract, collect, payload
 from tests.nginx_fixtures import NginxStore, nginx_store  # noqa: F401 - fixture
@@ -120,6 +121,22 @@ async def test_abort_mid_multipart_upload_leaves_nothing(backend: S3Backend, s3_
         await backend.size(backend.location_for("cut"))
     with pytest.raises(BackendError):
         await writer.write(b"more")
+
+
+async def test_an_image_over_the_part_bound_is_refused_and_leaves_nothing(
+        backend: S3Backend, s3_server: S3Server, s3_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 takes at most 10,000 parts, so 10,000 * part_size bounds an image: the write that
+    would pass it is refused as a full store (413 to the uploader), and the upload is aborted.
+    The bound is lowered to 3 parts (15 MiB) so that the test does not send 50 GiB."""
+    monkeypatch.setattr(S3Writer, "MAX_PARTS", 3)
+    writer = await backend.open_writer("huge")
+    data = payload(16 * MiB, 44)
+    with pytest.raises(BackendFull, match="in 3 parts of 5242880 bytes"):
+        await _write(writer, data, MiB)
+    assert writer.bytes_written == 15 * MiB
+    assert s3_server.files(s3_prefix) == set()
+    with pytest.raises(BackendNotFound):
+        await backend.size(backend.location_for("huge"))
 
 
 async def test_retried_large_upload_replaces_the_object(backend: S3Backend, s3_server: S3Server, s3_prefix: str) -> None:

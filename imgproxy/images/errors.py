@@ -34,7 +34,8 @@ def store_error(exc: BackendError, action: str) -> ApiError:
     """A store failed before any byte was sent. A full store is 413, as Glance answers
     ("Image storage media is full"); the message names the store's error, never a path."""
     if isinstance(exc, BackendFull):
-        return PayloadTooLarge(f"Image storage media is full; could not {action}.", headers={"Connection": "close"})
+        return PayloadTooLarge(f"Image storage media is full; could not {action}: {exc}",
+                               headers={"Connection": "close"})
     if isinstance(exc, BackendUnavailable):
         return ServiceUnavailable(f"The image store is unavailable; could not {action}: {exc}")
     return ApiError(f"The image store failed; could not {action}: {exc}")
