@@ -85,7 +85,13 @@ class S3Options:
     (``AWS_*`` variables, instance roles). ``timeout`` bounds connecting and each wait for
     bytes, not a whole transfer; ``retries`` is how often one request is retried (5xx,
     connection errors) before the error reaches the caller. Uploads bigger than
-    ``part_size`` go as multipart uploads with at most ``upload_concurrency`` parts in flight.
+    ``part_size`` go as multipart uploads with at most ``upload_concurrency`` parts in flight
+    (memory near ``(upload_concurrency + 1) * part_size`` per upload). S3 takes at most 10,000
+    parts, so ``part_size`` also bounds an image: 32 MiB parts take images up to 312 GiB. Larger
+    parts are also cheaper to read: a store that keeps a multipart object as one object per part
+    (Swift's s3api: a static large object) serves every part a read covers with a request of its
+    own and checks the MD5 of each part it serves whole; the cache's ranged reads (16 MiB) lie
+    inside 32 MiB parts and skip that check (the cache verifies each chunk with its own digest).
     ``presigned_ranges`` sends ranged reads of a plain-http endpoint to presigned URLs over
     imgproxy's lean HTTP client (cheaper in CPU than obstore's; see :mod:`backends.s3`).
     ``max_connections`` bounds that client's connections.
@@ -100,7 +106,7 @@ class S3Options:
     allow_http: bool = False
     timeout: float = 30.0
     retries: int = 2
-    part_size: int = 8 * MiB
+    part_size: int = 32 * MiB
     upload_concurrency: int = 2
     max_connections: int = 32
     presigned_ranges: bool = True
