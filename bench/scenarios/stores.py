@@ -4,9 +4,11 @@ For each store kind (S3 on ``rclone serve s3``, Swift all-in-one, S3 on Swift's 
 imgproxy whose store is that bucket or container takes one upload; then, ``repeats`` times
 (a pair), the image is dropped from its cache and the same object is read twice, cold each time:
 
-- ``imgproxy``: one curl downloads the image: the cache fills its 4 MiB chunks, each verified
-  against its address in the manifest, by parallel ranged reads of a few chunks each (the
-  store kind's ``read_chunks``: 4 for S3 and Swift, see :func:`backends.base.read_chunks`);
+- ``imgproxy``: one curl downloads the image (stored by imgproxy: on S3 a multipart upload of
+  32 MiB parts, on Swift a static large object of 200 MiB segments, the stores' defaults): the
+  cache fills its 4 MiB chunks, each verified against its address in the manifest, by parallel
+  ranged reads of a few chunks each (the store kind's ``read_chunks``: 4 for S3 and Swift, see
+  :func:`backends.base.read_chunks`);
 - ``direct``: the store's own client reads the object imgproxy wrote, once, sequentially, to
   nothing (obstore for S3; python-swiftclient's ``swift download`` for Swift).
 
@@ -210,8 +212,11 @@ def run(ctx: RunContext) -> ScenarioResult:
         image.path.unlink(missing_ok=True)
     result.notes.append("Target (issue 8): vs_direct >= 1.0 for every store. direct: one sequential read by the "
                         "store's own client (obstore for S3, python-swiftclient for Swift), to nothing; imgproxy: "
-                        "a cold download of an image it stored, the cache filling 4 MiB chunks, each verified (xxh3) "
-                        "against the manifest, by parallel ranged reads of 4 chunks each. store_cpu_s_per_GB: the store's own "
+                        "a cold download of an image it stored (S3: a multipart upload of 32 MiB parts; Swift: a static "
+                        "large object of 200 MiB segments), the cache filling 4 MiB chunks, each verified (xxh3) "
+                        "against the manifest, by parallel ranged reads of 4 chunks each. Both read the same object; "
+                        "Swift's proxy checks the MD5 of each part or segment it serves whole, which a ranged read "
+                        "inside one skips. store_cpu_s_per_GB: the store's own "
                         "processes during imgproxy's read / during the direct read (Swift's all-in-one runs with a "
                         "memcached, as production Swift does; each ranged GET still costs its proxy and object "
                         "server a request). cpu_floor_s: (store CPU + imgproxy CPU during imgproxy's read) / "
