@@ -126,6 +126,22 @@ class ImageCache:
         """``fn(txn)`` in a write transaction on the writer thread; blocks (not on the loop)."""
         return self.writer.call(lambda: _in_write_txn(self.env, fn))
 
+    def _drop(self, fn: Callable[[lmdb.Transaction], list[bytes]]) -> int:
+        """Run ``fn`` (it marks chunks absent and returns them) in a write transaction, then
+        unlink their files; return how many it unlinked. Blocking; not on the loop.
+
+        The bytes the transaction frees are held (counted as used) from before it commits
+        until the files are gone: a concurrent write must not take room that old files
+        still fill on disk."""
+        with self.pending.holding() as hold:
+            def run(txn: lmdb.Transaction) -> list[bytes]:
+                before = self.index.meta(txn, "total")
+                addresses = fn(txn)
+                hold(before - self.index.meta(txn, "total"))
+                return addresses
+
+            return sum(self.store.remove(address) for address in self._write(run))
+
     def _total(self) -> int:
         with self.env.begin() as txn:
             return self.index.meta(txn, "total") + self.pending.pending_bytes()
@@ -150,8 +166,8 @@ class ImageCache:
         if self._try_reserve(size):
             return True
         low = int(self.low_watermark * self.max_size)
-        result = pruner.evict(self.env, self.index, self.store, self.pins.snapshot(), above=low, down_to=low,
-                              write=self._write)
+        result = pruner.evict(self.env, self.index, self.pins.snapshot(), above=low, down_to=low,
+                              drop=self._drop)
         if result.files:
             self.pending.count("evicted_chunks", result.files)
             self.pending.count("evicted_bytes", result.bytes)
@@ -203,8 +219,7 @@ class ImageCache:
             self.queue.remove_in(txn, image_id)
             return refs.forget(txn, self.manifests, self.index, image_id)
 
-        for address in self._write(forget):
-            self.store.remove(address)
+        self._drop(forget)
 
     async def forget_image_async(self, image_id: str) -> None:
         await self.writer.run(self.forget_image, image_id)
@@ -215,11 +230,15 @@ class ImageCache:
         Blocking; not on the loop."""
         pinned = self.pins.snapshot()
         self.flush_access_times()
-        outcome = self._write(lambda txn: refs.evict_unshared(txn, self.manifests, self.index, image_id, pinned))
-        if outcome is None:
-            return PruneResult()
-        removed, freed = outcome
-        return PruneResult(sum(self.store.remove(address) for address in removed), freed)
+        freed = 0
+
+        def mark(txn: lmdb.Transaction) -> list[bytes]:
+            nonlocal freed
+            outcome = refs.evict_unshared(txn, self.manifests, self.index, image_id, pinned)
+            removed, freed = outcome if outcome is not None else ([], 0)
+            return removed
+
+        return PruneResult(self._drop(mark), freed)
 
     async def evict_image_async(self, image_id: str) -> PruneResult:
         await self.settle_fills(image_id)
@@ -289,12 +308,14 @@ class ImageCache:
         await self.writer.run(self._flush)
 
     def _flush(self) -> None:
-        with self._flush_lock:
+        with self._flush_lock, self.pending.holding() as hold:
             batch = self.pending.take()
             try:
                 with write_txn(self.env) as txn:
                     self.index.apply(txn, batch)
+                    before = self.index.meta(txn, "total")
                     orphans = refs.apply_learned(txn, self.manifests, self.index, batch.learned)
+                    hold(before - self.index.meta(txn, "total"))  # until the orphans' files are gone
             except lmdb.Error as exc:
                 log.error("cannot write the cache index (%s); will retry", exc)
                 self.pending.give_back(batch)
@@ -313,8 +334,8 @@ class ImageCache:
         async with self._prune_lock:
             await self.flush()
             result: PruneResult = await self._in_bg(
-                lambda: pruner.evict(self.env, self.index, self.store, self.pins.snapshot(),
-                                     above=above, down_to=down_to, write=self._write))
+                lambda: pruner.evict(self.env, self.index, self.pins.snapshot(),
+                                     above=above, down_to=down_to, drop=self._drop))
             if result.files:
                 self.pending.count("evicted_chunks", result.files)
                 self.pending.count("evicted_bytes", result.bytes)

@@ -24,7 +24,8 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import lmdb
@@ -156,6 +157,28 @@ class PendingWrites:
     def release(self, size: int) -> None:
         with self._lock:
             self._reserved -= size
+
+    @contextmanager
+    def holding(self) -> Iterator[Callable[[int], None]]:
+        """``hold(n)``: count ``n`` more bytes as used until the block ends.
+
+        An eviction commits the index (the total drops) before it unlinks the files; the
+        freed bytes are held from inside its transaction until the files are gone, so that a
+        concurrent write cannot take room the old files still fill on disk."""
+        held = 0
+
+        def hold(size: int) -> None:
+            nonlocal held
+            if size > 0:
+                with self._lock:
+                    self._reserved += size
+                    held += size
+
+        try:
+            yield hold
+        finally:
+            with self._lock:
+                self._reserved -= held
 
     def forget_image(self, image_id: str) -> None:
         with self._lock:

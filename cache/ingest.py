@@ -252,5 +252,5 @@ class Ingest:
         # Chunks created by this ingest have no references yet (they may if another
         # image recorded the same bytes meanwhile: the index then keeps them).
         for address in stored:
+            self._store.remove(address)  # the file first: its bytes count until it is gone
             self._pending.dropped(address)
-            self._store.remove(address)

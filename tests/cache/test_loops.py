@@ -73,6 +73,33 @@ async def test_pruner_keeps_the_bound_under_concurrent_reads(make_cache, add_ima
     assert stats["evicted_chunks"] > 0
 
 
+async def test_evicted_bytes_count_as_used_until_their_files_are_gone(make_cache, add_image, monkeypatch):
+    """An eviction commits the index (the total drops) before it unlinks the chunk files. Until
+    a file is gone its bytes must still count as used, or a concurrent fill takes their room and
+    the disk passes the bound for a moment (seen once as 11 chunks in a 10-chunk cache).
+    ``_total()`` is what a write's room check counts (committed total plus pending)."""
+    cache = make_cache(max_size=8 * CHUNK, high_watermark=0.5, low_watermark=0.25)
+    for n in range(3):
+        await add_image(cache, f"img{n}", image_bytes(2 * CHUNK, seed=130 + n))
+        await asyncio.sleep(0.01)
+    await cache.flush()
+    seen: list[tuple[int, int]] = []
+    remove = cache.store.remove
+
+    def watched(address: bytes) -> bool:
+        seen.append((_disk_bytes(cache), cache._total()))
+        return remove(address)
+
+    monkeypatch.setattr(cache.store, "remove", watched)
+    assert (await cache.prune()).files == 4  # LRU: img0 and img1, down to the low watermark
+    assert (await cache.evict_image_async("img2")).files == 2
+    await add_image(cache, "img3", image_bytes(2 * CHUNK, seed=133))
+    assert (await cache.clear_cache()).files == 2
+    assert len(seen) == 8
+    assert all(disk <= used for disk, used in seen), seen
+    assert _disk_bytes(cache) == 0 and cache._total() == 0
+
+
 async def test_pruner_evicts_least_recently_used_and_never_pinned(make_cache, add_image, file_store):
     cache = make_cache(max_size=8 * CHUNK, high_watermark=0.5, low_watermark=0.25)
     old, _ = await add_image(cache, "old", image_bytes(2 * CHUNK, seed=110))
