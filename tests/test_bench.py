@@ -256,7 +256,10 @@ def test_stores_reads_each_real_store_through_imgproxy_and_directly(tmp_path: Pa
     for row in rows:
         assert row["status"] == "ok", row
         assert row["direct_s"] > 0 and row["imgproxy_s"] > 0 and row["server_cpu_s_per_GB"] > 0
-        assert 0 < row["cpu_floor_s"] <= row["imgproxy_s"] * 1.2, row  # a floor, not above the time it bounds
+        # A floor, not above the time it bounds. CPU times come from /proc in 10 ms ticks, summed
+        # over up to a dozen processes (Swift's servers and workers, imgproxy's tree), against a
+        # read of a few ms at this size: allow 0.1 s of tick rounding (seen: 0.03 s vs 0.02 s).
+        assert 0 < row["cpu_floor_s"] <= row["imgproxy_s"] * 1.2 + 0.1, row
         assert 0 <= row["store_busiest_s"] <= row["cpu_floor_s"], row  # one store process's share of it
 
 
@@ -320,3 +323,5 @@ def test_import_scenario_imports_with_both_methods_on_imgproxy_and_glance(tmp_pa
         ("glance", "glance-direct")]
     for row in rows:
         assert row["status"] == "ok" and row["digests_ok"] and row["total_s"] > 0, row
+        # Only Glance's imports get a second try (its sqlite's "database is locked").
+        assert row["attempts"] == 1 if row["system"] == "imgproxy" else row["attempts"] in (1, 2), row

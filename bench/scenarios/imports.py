@@ -40,7 +40,10 @@ def _wait_active(system: ImageApiSystem, image_id: str, timeout: float) -> dict[
     with system.client() as c:
         while True:
             body: dict[str, Any] = c.get(f"/v2/images/{image_id}").json()
-            if body.get("status") == "active" or time.monotonic() > deadline:
+            if body.get("status") == "active":
+                return body
+            if time.monotonic() > deadline:
+                body["_why"] = f"not active {timeout:.0f} s after the import began"
                 return body
             tasks = c.get(f"/v2/images/{image_id}/tasks").json().get("tasks") or [{}]
             if tasks[-1].get("status") in ("success", "failure"):
@@ -80,23 +83,54 @@ def _row(system_name: str, method: str, image: ImageFile, body: dict[str, Any], 
             "digests_ok": ok, "status": status}
 
 
-def _measure(system_name: str, system: ImageApiSystem, image: ImageFile, url: str) -> list[dict[str, Any]]:
-    rows = []
+def _web_download(system: ImageApiSystem, image: ImageFile, url: str) -> tuple[dict[str, Any], dict[str, float]]:
     image_id = system.create_image(f"import-web-{image.size}")
     t0 = time.monotonic()
     _start_import(system, image_id, {"name": "web-download", "uri": url})
-    body = _wait_active(system, image_id, timeout=3600)
-    rows.append(_row(system_name, "web-download", image, body, time.monotonic() - t0))
+    body = _wait_active(system, image_id, timeout=_timeout(image))
+    total = time.monotonic() - t0
     system.delete_image(image_id)
+    return body, {"total": total}
+
+
+def _glance_direct(system: ImageApiSystem, image: ImageFile) -> tuple[dict[str, Any], dict[str, float]]:
     image_id = system.create_image(f"import-direct-{image.size}")
     t0 = time.monotonic()
     stage_s = _stage(system, image_id, image.path)
     t1 = time.monotonic()
     _start_import(system, image_id, {"name": "glance-direct"})
-    body = _wait_active(system, image_id, timeout=3600)
+    body = _wait_active(system, image_id, timeout=_timeout(image))
     now = time.monotonic()
-    rows.append(_row(system_name, "glance-direct", image, body, now - t0, stage_s=stage_s, import_s=now - t1))
     system.delete_image(image_id)
+    return body, {"total": now - t0, "stage_s": stage_s, "import_s": now - t1}
+
+
+def _timeout(image: ImageFile) -> float:
+    return max(60.0, image.size / 1e6)  # 1 MB/s: far below either system
+
+
+def _measure(system_name: str, system: ImageApiSystem, image: ImageFile, url: str) -> list[dict[str, Any]]:
+    """One row per method. Glance on sqlite (the anchor's setup) now and then fails an import of
+    its own: its task or request thread meets "database is locked" (a 500, or a task that fails
+    or never ends), more often on a loaded machine. A failed Glance import is tried once more,
+    and the row says so (``attempts``); imgproxy gets one attempt."""
+    rows = []
+    methods = {"web-download": lambda: _web_download(system, image, url),
+               "glance-direct": lambda: _glance_direct(system, image)}
+    for method, attempt in methods.items():
+        tries = 2 if isinstance(system, GlanceSystem) else 1
+        for n in range(1, tries + 1):
+            try:
+                body, times = attempt()
+            except RuntimeError:  # a 500 to the stage or the import request
+                if n == tries:
+                    raise
+                continue
+            total = times.pop("total")
+            row = _row(system_name, method, image, body, total, **times)
+            if row["digests_ok"]:
+                break
+        rows.append({**row, "attempts": n})
     return rows
 
 
@@ -112,7 +146,8 @@ def run(ctx: RunContext) -> ScenarioResult:
     size = ctx.profile.import_size
     result = ScenarioResult(
         NAME, f"Import of one {size >> 20} MiB image: web-download from a local nginx, and glance-direct (stage + import)",
-        ["system", "method", "size_MiB", "total_s", "MBps", "stage_s", "import_s", "digests_ok", "status"],
+        ["system", "method", "size_MiB", "total_s", "MBps", "stage_s", "import_s", "digests_ok", "attempts",
+         "status"],
         plot={"x": "method", "y": "total_s", "series": "system", "ylabel": f"seconds to active, {size >> 20} MiB"},
     )
     if shutil.which("curl") is None:
