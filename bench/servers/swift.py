@@ -34,6 +34,7 @@ from typing import IO
 
 import httpx
 
+from ..systems.procs import live_tree, stop_tree
 from .venvs import bench_venv, install_venv, venv_installed
 
 __all__ = ["SwiftServer", "SwiftUnavailable", "S3Details", "setup_swift", "swift_venv", "swift_venv_ready", "SWIFT_VERSION"]
@@ -319,7 +320,7 @@ class SwiftServer:
                 token = self.token()
                 # HEAD of the account goes through the proxy to the account server.
                 head = httpx.head(self.storage_url, headers={"X-Auth-Token": token}, timeout=5)
-                forked = all(len(self.pids_of(self.procs[name])) > self.workers for name in ("proxy", "object"))
+                forked = all(len(live_tree(self.procs[name])) > self.workers for name in ("proxy", "object"))
                 if head.status_code in (200, 204) and forked:
                     return
                 last = f"HEAD account: {head.status_code}"
@@ -337,10 +338,8 @@ class SwiftServer:
     def stop(self) -> None:
         """SIGTERM each server by PID (SIGKILL if it lingers); wait until none runs, its workers
         included (SIGKILL for one that outlives its parent), zombies included."""
-        from bench.systems.procs import stop_tree
-
         procs, self.procs = self.procs, {}
-        trees = {name: self.pids_of(proc) for name, proc in procs.items()}
+        trees = {name: live_tree(proc) for name, proc in procs.items()}
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -348,16 +347,9 @@ class SwiftServer:
             stop_tree(proc, timeout=10, tree=trees[name])
             (self.root / "run" / f"{name}.pid").unlink(missing_ok=True)
 
-    @staticmethod
-    def pids_of(proc: "subprocess.Popen[bytes]") -> list[int]:
-        """``proc``'s PID and its workers' (none once it has exited)."""
-        from bench.systems.procs import live_tree
-
-        return live_tree(proc)
-
     def all_pids(self) -> list[int]:
         """Every process of the store now: each server and its workers."""
-        return [pid for proc in self.procs.values() for pid in self.pids_of(proc)]
+        return [pid for proc in self.procs.values() for pid in live_tree(proc)]
 
     def __enter__(self) -> "SwiftServer":
         return self if self.procs else self.start()
